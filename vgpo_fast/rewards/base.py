@@ -33,9 +33,10 @@ def to_uint8_images(images: Any) -> np.ndarray:
     if isinstance(images, Sequence) and not isinstance(images, (np.ndarray, torch.Tensor)):
         if len(images) == 0:
             raise ValueError("images is an empty sequence")
-        if not hasattr(images[0], "convert"):
-            raise ValueError(f"images must be a tensor, an array or a list of PIL images, got a list of "
-                             f"{type(images[0]).__name__}")
+        not_pil = [im for im in images if not hasattr(im, "convert")]
+        if not_pil:
+            raise ValueError(f"images must be a tensor, an array or a list of PIL images, got a list holding "
+                             f"{type(not_pil[0]).__name__}")
         arrays = [np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images]
         if len({a.shape for a in arrays}) != 1:
             raise ValueError(f"images must all have one size, got {sorted({a.shape for a in arrays})}")
@@ -59,6 +60,13 @@ def to_uint8_images(images: Any) -> np.ndarray:
         scaled = np.clip(images, 0.0, 1.0) * 255.0
         return np.ascontiguousarray(np.rint(scaled).astype(np.uint8).transpose(0, 2, 3, 1))
     raise ValueError(f"images must be uint8 or floating point, got dtype {images.dtype}")
+
+
+def _prompt_list(prompts: Sequence[str]) -> list[str]:
+    if isinstance(prompts, str):
+        # list("a cat") would silently pair each image with one character.
+        raise ValueError(f"prompts must be a sequence of strings, one per image, got a str: {prompts!r}")
+    return list(prompts)
 
 
 class RewardModel(ABC):
@@ -87,7 +95,7 @@ class RewardModel(ABC):
     def score(self, images: Any, prompts: Sequence[str]) -> torch.Tensor:
         """Scores `[B]` float32 of a batch of images against their prompts (one prompt per image)."""
         batch = to_uint8_images(images)
-        prompts = list(prompts)
+        prompts = _prompt_list(prompts)
         if len(prompts) != batch.shape[0]:
             raise ValueError(f"prompts must have one entry per image: {batch.shape[0]} images, {len(prompts)} prompts")
         scores = np.asarray(self._score(batch, prompts), dtype=np.float64).reshape(-1)
@@ -101,11 +109,16 @@ class RewardModel(ABC):
         return torch.from_numpy(scores.astype(np.float32))
 
     def submit(self, images: Any, prompts: Sequence[str]) -> cf.Future:
-        """Scores asynchronously; the future resolves to what `score` returns (or raises what it raises)."""
+        """Scores asynchronously; the future resolves to what `score` returns (or raises what it raises).
+
+        The images are converted and copied here, in the caller's thread, so the caller may reuse or change its
+        buffers (e.g. the next denoising step's latents) as soon as this returns.
+        """
+        batch = to_uint8_images(images).copy()
         with self._executor_lock:
             if self._executor is None:
                 self._executor = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"reward-{self.name}")
-        return self._executor.submit(self.score, images, list(prompts))
+        return self._executor.submit(self.score, batch, _prompt_list(prompts))
 
     def close(self) -> None:
         """Releases the worker thread (and, in subclasses, connections or sessions)."""
