@@ -25,7 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("backends", help="which op backends run here, and why the others do not").set_defaults(
         run=_backends)
+    sub.add_parser("reward-server", help="serve a reward over HTTP (see `vgpo-fast reward-server --help`)",
+                   add_help=False).set_defaults(run=None)
     args, rest = parser.parse_known_args(argv)
+    if args.command == "reward-server":
+        from .rewards.server import main as reward_server_main
+
+        return reward_server_main(rest)
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
     try:

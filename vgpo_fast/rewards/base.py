@@ -106,6 +106,7 @@ class RewardModel(ABC):
             i = int(bad[0])
             raise RewardError(f"reward {self.name!r} returned {scores[i]} for prompt {prompts[i]!r} (image {i}); "
                               f"{bad.size} non-finite of {scores.size}")
+        scores[bad] = np.nan  # "drop": one marker (NaN) for every non-finite score, for finite_group_mask
         return torch.from_numpy(scores.astype(np.float32))
 
     def submit(self, images: Any, prompts: Sequence[str]) -> cf.Future:
