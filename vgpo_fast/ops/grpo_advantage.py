@@ -18,14 +18,16 @@ def grpo_advantage_reference(rewards: torch.Tensor, eps: float = 1e-4, adv_clip:
     return ((r - mu) / (s + eps)).clamp(-adv_clip, adv_clip)
 
 
-@torch.library.custom_op("vgpo_fast::grpo_advantage", mutates_args=())
-def _grpo_advantage_op(rewards: torch.Tensor, eps: float, adv_clip: float, global_std: bool,
+def _grpo_advantage_impl(rewards: torch.Tensor, eps: float, adv_clip: float, global_std: bool,
                        backend: str) -> torch.Tensor:
     check_finite_rewards("rewards", rewards)
     if backend == "reference":
         return grpo_advantage_reference(rewards, eps, adv_clip, global_std)
     fwd = launcher(backend, "grpo_advantage", "grpo_advantage_fwd")
     return fwd(rewards.float().contiguous(), eps, adv_clip, global_std)
+
+
+_grpo_advantage_op = torch.library.custom_op("vgpo_fast::grpo_advantage", _grpo_advantage_impl, mutates_args=())
 
 
 @_grpo_advantage_op.register_fake
@@ -42,5 +44,12 @@ def grpo_advantage(rewards: torch.Tensor, *, eps: float = 1e-4, adv_clip: float 
     check_number("eps", eps, low=0.0, low_open=True)
     check_number("adv_clip", adv_clip, low=0.0, low_open=True)
     chosen = resolve_backend(backend, rewards.device, rewards.dtype)
-    return torch.ops.vgpo_fast.grpo_advantage(rewards.detach().contiguous(), float(eps), float(adv_clip),
+    return _dispatch_grpo_advantage(rewards.detach().contiguous(), float(eps), float(adv_clip),
                                               bool(global_std), chosen)
+
+
+def _dispatch_grpo_advantage(*args):
+    """Compiled code sees the registered op; eager calls skip the dispatcher (no autograd here)."""
+    if torch.compiler.is_compiling():
+        return torch.ops.vgpo_fast.grpo_advantage(*args)
+    return _grpo_advantage_impl(*args)

@@ -160,7 +160,8 @@ def sde_log_prob(x: torch.Tensor, v: torch.Tensor, x_next: torch.Tensor, sigma: 
         if t is not None and t.requires_grad:
             raise ValueError(f"{name} requires grad, but gradients flow only through v (SPEC.md section 5): "
                              f"pass {name}.detach()")
-    check_sigmas(sigma, sigma_next)
+    if not isinstance(sigma, torch.Tensor) and not isinstance(sigma_next, torch.Tensor):
+        check_sigmas(sigma, sigma_next)  # Python floats here; tensors inside the op, where no graph breaks
     batch = x.shape[0]
     cdt = compute_dtype(x.dtype)
     sig = per_sample("sigma", sigma, batch, x.device, cdt)

@@ -46,8 +46,7 @@ def sde_step_reference(x: torch.Tensor, v: torch.Tensor, noise: torch.Tensor, si
     return SDEStepOutput(x_next, logp, x0_hat)
 
 
-@torch.library.custom_op("vgpo_fast::sde_step", mutates_args=())
-def _sde_step_op(x: torch.Tensor, v: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor,
+def _sde_step_impl(x: torch.Tensor, v: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor,
                  sigma_next: torch.Tensor, a: float, sde_type: str, reduce: str,
                  backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     check_sigmas(sigma, sigma_next)
@@ -55,6 +54,9 @@ def _sde_step_op(x: torch.Tensor, v: torch.Tensor, noise: torch.Tensor, sigma: t
         return tuple(sde_step_reference(x, v, noise, sigma, sigma_next, a, sde_type, reduce))
     fwd = launcher(backend, "sde_step", "sde_step_fwd")
     return tuple(fwd(x, v, noise, sigma, sigma_next, a, SDE_TYPES[sde_type], reduce == "mean"))
+
+
+_sde_step_op = torch.library.custom_op("vgpo_fast::sde_step", _sde_step_impl, mutates_args=())
 
 
 @_sde_step_op.register_fake
@@ -86,14 +88,22 @@ def sde_step(x: torch.Tensor, v: torch.Tensor, sigma: float | torch.Tensor, sigm
             raise ValueError("pass either noise or generator, not both")
         check_like("noise", noise, "x", x, dtype=False)
         noise = noise.to(x.dtype)
-    check_sigmas(sigma, sigma_next)  # Python floats here; tensors inside the op, where no graph breaks
+    if not isinstance(sigma, torch.Tensor) and not isinstance(sigma_next, torch.Tensor):
+        check_sigmas(sigma, sigma_next)  # Python floats here; tensors inside the op, where no graph breaks
     batch = x.shape[0]
     cdt = compute_dtype(x.dtype)
     sig = per_sample("sigma", sigma, batch, x.device, cdt)
     sig_next = per_sample("sigma_next", sigma_next, batch, x.device, cdt)
     chosen = resolve_backend(backend, x.device, x.dtype)
     flat = (batch, -1)
-    x_next, logp, x0_hat = torch.ops.vgpo_fast.sde_step(
+    x_next, logp, x0_hat = _dispatch_sde_step(
         x.reshape(flat).contiguous(), v.reshape(flat).contiguous(), noise.reshape(flat).contiguous(), sig,
         sig_next, float(a), sde_type, reduce, chosen)
     return SDEStepOutput(x_next.view(x.shape), logp, x0_hat.view(x.shape))
+
+
+def _dispatch_sde_step(*args):
+    """Compiled code sees the registered op; eager calls skip the dispatcher (no autograd here)."""
+    if torch.compiler.is_compiling():
+        return torch.ops.vgpo_fast.sde_step(*args)
+    return _sde_step_impl(*args)
