@@ -111,6 +111,7 @@ def test_projection_of_the_last_step_is_the_final_sample():
     [
         ({"v": torch.randn(2, 3, 4, 5)}, "v must have the shape of x"),
         ({"v": torch.randn(2, 3, 4, 4, dtype=torch.float64)}, "v has dtype"),
+        ({"v": torch.randn(2, 3, 4, 4, device="meta")}, "v is on meta but x is on cpu"),
         ({"sigma": 0.5, "sigma_next": 0.6}, "sigma_next must lie in"),
         ({"sigma": 1.5}, "sigma must lie in"),
         ({"sigma": torch.tensor([0.5, 0.4, 0.3])}, "sigma must be a scalar or have 2 elements"),
