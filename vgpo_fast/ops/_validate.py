@@ -99,3 +99,16 @@ def _check_sigma_floats(sigma: float, sigma_next: float) -> None:
         raise ValueError(f"sigma must lie in (0, 1], got {sigma}")
     if not 0 <= sigma_next < sigma:
         raise ValueError(f"sigma_next must lie in [0, sigma), got sigma={sigma}, sigma_next={sigma_next}")
+
+
+def step_sigmas(sigma: float | torch.Tensor, sigma_next: float | torch.Tensor,
+                x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigma, sigma_next) of a step on latents `x [B, ...]` as `[B]` tensors in x's compute dtype.
+
+    Python floats are range-checked here; tensors inside the op, where a check causes no graph break.
+    """
+    if not isinstance(sigma, torch.Tensor) and not isinstance(sigma_next, torch.Tensor):
+        check_sigmas(sigma, sigma_next)
+    batch, cdt = x.shape[0], compute_dtype(x.dtype)
+    return (per_sample("sigma", sigma, batch, x.device, cdt),
+            per_sample("sigma_next", sigma_next, batch, x.device, cdt))

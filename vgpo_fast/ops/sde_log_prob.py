@@ -22,7 +22,7 @@ from ._validate import (
     check_sigmas,
     check_tensor,
     compute_dtype,
-    per_sample,
+    step_sigmas,
 )
 
 
@@ -160,12 +160,8 @@ def sde_log_prob(x: torch.Tensor, v: torch.Tensor, x_next: torch.Tensor, sigma: 
         if t is not None and t.requires_grad:
             raise ValueError(f"{name} requires grad, but gradients flow only through v (SPEC.md section 5): "
                              f"pass {name}.detach()")
-    if not isinstance(sigma, torch.Tensor) and not isinstance(sigma_next, torch.Tensor):
-        check_sigmas(sigma, sigma_next)  # Python floats here; tensors inside the op, where no graph breaks
+    sig, sig_next = step_sigmas(sigma, sigma_next, x)
     batch = x.shape[0]
-    cdt = compute_dtype(x.dtype)
-    sig = per_sample("sigma", sigma, batch, x.device, cdt)
-    sig_next = per_sample("sigma_next", sigma_next, batch, x.device, cdt)
     chosen = resolve_backend(backend, x.device, x.dtype)
     flat = (batch, -1)
     logp, kl = torch.ops.vgpo_fast.sde_log_prob(

@@ -20,7 +20,7 @@ from ._validate import (
     check_sigmas,
     check_tensor,
     compute_dtype,
-    per_sample,
+    step_sigmas,
 )
 
 
@@ -88,12 +88,8 @@ def sde_step(x: torch.Tensor, v: torch.Tensor, sigma: float | torch.Tensor, sigm
             raise ValueError("pass either noise or generator, not both")
         check_like("noise", noise, "x", x, dtype=False)
         noise = noise.to(x.dtype)
-    if not isinstance(sigma, torch.Tensor) and not isinstance(sigma_next, torch.Tensor):
-        check_sigmas(sigma, sigma_next)  # Python floats here; tensors inside the op, where no graph breaks
+    sig, sig_next = step_sigmas(sigma, sigma_next, x)
     batch = x.shape[0]
-    cdt = compute_dtype(x.dtype)
-    sig = per_sample("sigma", sigma, batch, x.device, cdt)
-    sig_next = per_sample("sigma_next", sigma_next, batch, x.device, cdt)
     chosen = resolve_backend(backend, x.device, x.dtype)
     flat = (batch, -1)
     x_next, logp, x0_hat = _dispatch_sde_step(
