@@ -1,0 +1,1 @@
+"""Training: VGPO and Flow-GRPO trainers, config, checkpoints, metrics and reports."""

@@ -1,0 +1,180 @@
+"""`vgpo-fast train`: a whole run — run directory, resume, iterations with a progress bar, held-out evaluations,
+atomic checkpoints, metrics JSONL, and the final report.
+
+Run directory `run.output_dir/run.name/`: `config.yaml`, `metrics.jsonl`, `checkpoints/step_NNNNNN/`,
+`samples_before.png`, `samples_after.png`, `report.html`, `report.md`, plots. Checkpoint step = iterations done.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vgpo_fast.rewards.base import RewardError
+from vgpo_fast.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vgpo_fast.train.config import Config
+from vgpo_fast.train.config_io import to_dict
+from vgpo_fast.train.metrics import MetricsWriter, read_metrics
+from vgpo_fast.train.trainer import Trainer
+
+__all__ = ["TrainingInterrupted", "run_dir_of", "train"]
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped early on an error it could not retry past (e.g. the reward server died); the last
+    completed iteration is checkpointed and `--resume` continues from it."""
+
+
+def run_dir_of(cfg: Config) -> Path:
+    return Path(cfg.run.output_dir) / cfg.run.name
+
+
+def _save(trainer: Trainer, run_dir: Path, step: int, extra: dict[str, Any]) -> Path:
+    cfg = trainer.cfg
+    ema = {f"ema.{i}": t.cpu() for i, t in enumerate(trainer.ema)} if trainer.ema is not None else None
+    return save_checkpoint(run_dir, step, trainable=trainer.trainable_state(),
+                           optimizer_state=trainer.optimizer.state_dict(), config=to_dict(cfg), user=extra,
+                           extra_tensors=ema, keep=cfg.run.keep_checkpoints)
+
+
+def _restore(trainer: Trainer, path: Path) -> tuple[int, dict[str, Any]]:
+    ckpt = load_checkpoint(path)
+    trainer.load_trainable_state(ckpt.trainable)
+    trainer.optimizer.load_state_dict(ckpt.optimizer_state)
+    if trainer.ema is not None:
+        if not ckpt.extra_tensors:
+            raise ValueError(f"checkpoint {path} has no EMA weights but optim.ema is on")
+        for i, e in enumerate(trainer.ema):
+            e.copy_(ckpt.extra_tensors[f"ema.{i}"])
+    return ckpt.step, dict(ckpt.user or {})
+
+
+def _check_resume_config(run_dir: Path, cfg: Config) -> None:
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    old = yaml.safe_load(saved.read_text())
+    new = to_dict(cfg)
+    # What may change on resume: the horizon, logging, threads; anything else changes the run's meaning.
+    for section, keys in (("train", ("iterations",)), ("run", None)):
+        for d in (old, new):
+            if keys is None:
+                d.pop(section, None)
+            else:
+                for key in keys:
+                    d.get(section, {}).pop(key, None)
+    diffs = [f"{s}.{k}" for s in new for k in new[s] if old.get(s, {}).get(k) != new[s][k]]
+    if diffs:
+        raise ValueError(f"--resume with a config that differs from {saved} in {diffs[:5]}: resume with the same "
+                         f"config (train.iterations may grow) or start a new run.name")
+
+
+def train(cfg: Config, *, resume: bool = False, trainer: Trainer | None = None, log=print) -> dict[str, Any]:
+    """Run `cfg` to `cfg.train.iterations`; returns the summary (also written to `summary.json`)."""
+    run_dir = run_dir_of(cfg)
+    has_ckpt = latest_checkpoint(run_dir) is not None
+    if has_ckpt and not resume:
+        raise ValueError(f"run directory {run_dir} already holds checkpoints: pass --resume to continue it, or "
+                         f"choose another run.name")
+    if resume and has_ckpt:
+        _check_resume_config(run_dir, cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    trainer = trainer or Trainer(cfg, log=log)
+    start, user = 0, {}
+    if resume and has_ckpt:
+        path = latest_checkpoint(run_dir)
+        start, user = _restore(trainer, path)
+        log(f"resumed from {path} (iteration {start})")
+    elif resume:
+        log(f"--resume: no checkpoint in {run_dir}, starting from iteration 0")
+    metrics = MetricsWriter(run_dir / "metrics.jsonl", tensorboard_dir=run_dir / "tb" if cfg.run.tensorboard else None,
+                            resume_from_iteration=start - 1 if resume else None)
+    t_run = time.perf_counter()
+    do_eval = cfg.run.eval_every > 0 and trainer.task is not None
+    try:
+        if do_eval and "heldout_before" not in user:
+            t0 = time.perf_counter()
+            score, images = trainer.evaluate()
+            user["heldout_before"] = score
+            _grid(images, trainer, run_dir / "samples_before.png")
+            # Held-out reward in record i is measured after iteration i's update: the base model is "iteration -1".
+            metrics.write({"iteration": -1, "heldout_reward": score, "timings": {"eval": time.perf_counter() - t0}})
+        iterations = cfg.train.iterations
+        bar = _progress(cfg, start, iterations)
+        it = start
+        for it in range(start, iterations):
+            try:
+                rec = trainer.iteration(it)
+            except RewardError as exc:
+                _save(trainer, run_dir, it, user)
+                raise TrainingInterrupted(f"iteration {it}: {exc}; checkpoint of iteration {it} saved in {run_dir} "
+                                          f"— fix the reward and run again with --resume") from exc
+            if do_eval and ((it + 1) % cfg.run.eval_every == 0 or it + 1 == iterations):
+                t0 = time.perf_counter()
+                rec["heldout_reward"], _ = trainer.evaluate()
+                rec["timings"]["eval"] = time.perf_counter() - t0
+            metrics.write(rec)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(reward=f"{rec['reward_mean']:.3f}", **({"heldout": f"{rec['heldout_reward']:.3f}"}
+                                                                        if "heldout_reward" in rec else {}))
+            if (it + 1) % cfg.run.checkpoint_every == 0 or it + 1 == iterations:
+                _save(trainer, run_dir, it + 1, user)
+        if bar is not None:
+            bar.close()
+    finally:
+        metrics.close()
+        trainer.close()
+    records = read_metrics(run_dir / "metrics.jsonl")
+    summary = _summary(cfg, records, user, time.perf_counter() - t_run)
+    if do_eval:
+        prompts, seeds = trainer.eval_set()
+        _grid(trainer.sample(prompts, seeds), trainer, run_dir / "samples_after.png")
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if cfg.run.report:
+        from vgpo_fast.train.report import write_report
+
+        grids = {k: run_dir / f"samples_{k}.png" for k in ("before", "after")
+                 if (run_dir / f"samples_{k}.png").is_file()}
+        summary["report"] = str(write_report(run_dir, records, title=f"{cfg.run.name}: {cfg.algorithm.name}",
+                                             summary=summary, grids=grids, config=to_dict(cfg)))
+    if "heldout_before" in summary:
+        after = summary.get("heldout_after", float("nan"))
+        log(f"held-out reward: before {summary['heldout_before']:.3f} -> after {after:.3f}  ({run_dir})")
+    return summary
+
+
+def _grid(images, trainer: Trainer, path: Path) -> None:
+    from vgpo_fast.train.report import save_image_grid
+
+    seeds = trainer.cfg.run.eval_seeds
+    n = min(images.shape[0], 16 * seeds)
+    save_image_grid(images[:n], path, nrow=seeds * 4, scale=4)
+
+
+def _progress(cfg: Config, start: int, total: int):
+    if not cfg.run.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc=cfg.run.name, unit="it", dynamic_ncols=True)
+
+
+def _summary(cfg: Config, records: list[dict[str, Any]], user: dict[str, Any], seconds: float) -> dict[str, Any]:
+    evals = [r for r in records if r.get("heldout_reward") is not None and r["iteration"] >= 0]
+    records = [r for r in records if r["iteration"] >= 0]
+    out: dict[str, Any] = {"algorithm": cfg.algorithm.name, "tcrm": cfg.algorithm.tcrm, "adae": cfg.algorithm.adae,
+                           "iterations": len(records), "wall_seconds_this_session": round(seconds, 1)}
+    if "heldout_before" in user:
+        out["heldout_before"] = user["heldout_before"]
+    if evals:
+        out["heldout_after"] = evals[-1]["heldout_reward"]
+    if records:
+        out["train_reward_first"] = records[0].get("reward_mean")
+        out["train_reward_last"] = records[-1].get("reward_mean")
+    return out
