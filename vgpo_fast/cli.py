@@ -56,9 +56,15 @@ def _load_train_config(args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .train import distributed
     from .train.run import train
 
-    train(_load_train_config(args), resume=args.resume)
+    cfg = _load_train_config(args)  # a config error is reported once, before any process is started
+    if args.nproc is not None and not distributed.under_launcher():
+        distributed.launch(args.nproc, [*(["--config", args.config] if args.config else []),
+                                        *(["--resume"] if args.resume else []), *args.overrides])
+    train(cfg, resume=args.resume)
+    distributed.shutdown()
     return 0
 
 
@@ -125,6 +131,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train with VGPO or Flow-GRPO (no arguments: the CPU default on shapes)")
     p.add_argument("--config", default=None, help="YAML config (default: the built-in CPU default)")
     p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="train on N processes of this node (starts torchrun; NCCL on GPUs, gloo on CPUs); for "
+                        "several nodes run torchrun yourself (docs/distributed.md)")
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. algorithm.name=flow_grpo")
     p.set_defaults(run=_train)
     for name, fn, helptext in (("sample", _sample, "PNG grid of samples from a run's latest checkpoint"),
@@ -153,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         run=_backends)
     _add_train(sub)
     _add_pretrain(sub)
+    from .profiling.cli import add_profile_parser
+
+    add_profile_parser(sub)
     sub.add_parser("reward-server", help="serve a reward over HTTP (see `vgpo-fast reward-server --help`)",
                    add_help=False).set_defaults(run=None)
     args, rest = parser.parse_known_args(argv)

@@ -75,7 +75,10 @@ class RewardResult:
                sum of request latencies, which overlap one another); wait: time the main thread was blocked
                (in `__call__` while `max_in_flight` jobs were pending, in `finish`, and with overlap=False the
                whole of each job); enqueue: main-thread time in `__call__` outside the wait (the clone);
-               per_step: {"steps", "decode", "reward", "wait"} lists aligned with `steps`;
+               per_step: {"steps", "decode", "reward", "wait"} lists aligned with `steps`, and the worker's
+               absolute `time.perf_counter()` stamps of each job: "start" (decode begins), "decode_end",
+               "end" (scores back; for an async-submit reward, the request's completion) — the reward lane
+               of a timeline (`vgpo_fast.profiling`);
                overlap_frac: 1 - wait / (decode + reward), clipped to [0, 1]; max_pending: most jobs pending
                at once; mode: "serial" | "worker" | "async-submit".
     """
@@ -99,6 +102,9 @@ class _Batch:
     decode_s: dict[int, float] = field(default_factory=dict)
     reward_s: dict[int, float] = field(default_factory=dict)
     wait_s: dict[int, float] = field(default_factory=dict)
+    start_t: dict[int, float] = field(default_factory=dict)
+    decode_end_t: dict[int, float] = field(default_factory=dict)
+    end_t: dict[int, float] = field(default_factory=dict)
     enqueue_s: float = 0.0
     finish_wait_s: float = 0.0
     max_pending: int = 0
@@ -308,6 +314,7 @@ class RewardPipeline:
                 raise ValueError(f"the decoder must return images [B={len(batch.prompts)}, 3, H, W], got "
                                  f"{tuple(getattr(images, 'shape', ())) or type(images).__name__}")
             t1 = time.perf_counter()
+            batch.start_t[j], batch.decode_end_t[j] = t0, t1
             batch.decode_s[j] = t1 - t0
             stage = "reward"
             if self.async_submit and self.overlap:
@@ -318,11 +325,13 @@ class RewardPipeline:
         except BaseException as exc:  # noqa: BLE001 - every failure must release the job's slot
             self._done(batch, j, None, (j, stage, exc))
             return
-        batch.reward_s[j] = time.perf_counter() - t1
+        batch.end_t[j] = time.perf_counter()
+        batch.reward_s[j] = batch.end_t[j] - t1
         self._done(batch, j, scores, None)
 
     def _collect(self, batch: _Batch, j: int, t_submit: float, future: cf.Future) -> None:
-        batch.reward_s[j] = time.perf_counter() - t_submit
+        batch.end_t[j] = time.perf_counter()
+        batch.reward_s[j] = batch.end_t[j] - t_submit
         try:
             scores = future.result()
         except BaseException as exc:  # noqa: BLE001
@@ -372,7 +381,10 @@ class RewardPipeline:
         overlap_frac = min(1.0, max(0.0, 1.0 - wait / busy)) if busy > 0 else 0.0
         return {"decode": sum(decode), "reward": sum(reward), "wait": wait, "wait_finish": batch.finish_wait_s,
                 "enqueue": batch.enqueue_s,
-                "per_step": {"steps": list(self.steps), "decode": decode, "reward": reward, "wait": wait_steps},
+                "per_step": {"steps": list(self.steps), "decode": decode, "reward": reward, "wait": wait_steps,
+                             "start": [batch.start_t.get(j, float("nan")) for j in self.steps],
+                             "decode_end": [batch.decode_end_t.get(j, float("nan")) for j in self.steps],
+                             "end": [batch.end_t.get(j, float("nan")) for j in self.steps]},
                 "overlap_frac": overlap_frac, "max_pending": batch.max_pending, "mode": self.mode}
 
 

@@ -119,7 +119,8 @@ class TrainLoopConfig:
 
 @dataclass
 class RunConfig:
-    """Outputs: `output_dir/name/` holds config.yaml, metrics.jsonl, checkpoints/, report.html, samples."""
+    """Outputs: `output_dir/name/` holds config.yaml, metrics.jsonl, checkpoints/, report.html, samples.
+    `dist_timeout_s`: under torchrun, how long a collective waits for the other ranks before the job fails."""
 
     name: str = "shapes-vgpo"
     output_dir: str = "runs"
@@ -133,6 +134,7 @@ class RunConfig:
     progress: bool = True
     tensorboard: bool = False
     threads: int | None = None
+    dist_timeout_s: float = 1800.0
 
 
 @dataclass

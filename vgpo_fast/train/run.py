@@ -3,11 +3,17 @@ atomic checkpoints, metrics JSONL, and the final report.
 
 Run directory `run.output_dir/run.name/`: `config.yaml`, `metrics.jsonl`, `checkpoints/step_NNNNNN/`,
 `samples_before.png`, `samples_after.png`, `report.html`, `report.md`, plots. Checkpoint step = iterations done.
+
+Under torchrun every rank runs `train` (see `distributed`); rank 0 alone writes the run directory (config, metrics,
+checkpoints, samples, report), every rank loads the checkpoint on resume. Checkpoints hold the full, one-process
+state, so a run resumes on any number of ranks. A rank that dies or hangs makes the others fail their next
+collective with `TrainingInterrupted` naming the last checkpoint; nothing after it is kept.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +21,7 @@ from typing import Any
 import yaml
 
 from vgpo_fast.rewards.base import RewardError
+from vgpo_fast.train import distributed
 from vgpo_fast.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from vgpo_fast.train.config import Config
 from vgpo_fast.train.config_io import to_dict
@@ -33,24 +40,38 @@ def run_dir_of(cfg: Config) -> Path:
     return Path(cfg.run.output_dir) / cfg.run.name
 
 
-def _save(trainer: Trainer, run_dir: Path, step: int, extra: dict[str, Any]) -> Path:
+def _save(trainer: Trainer, run_dir: Path, step: int, extra: dict[str, Any]) -> Path | None:
+    """Every rank gathers the state (a collective with FSDP2); rank 0 writes it. Returns the path on rank 0."""
     cfg = trainer.cfg
-    ema = {f"ema.{i}": t.cpu() for i, t in enumerate(trainer.ema)} if trainer.ema is not None else None
-    return save_checkpoint(run_dir, step, trainable=trainer.trainable_state(),
-                           optimizer_state=trainer.optimizer.state_dict(), config=to_dict(cfg), user=extra,
-                           extra_tensors=ema, keep=cfg.run.keep_checkpoints)
+    trainable, optimizer_state, ema = trainer.trainable_state(), trainer.optimizer_state(), trainer.ema_state()
+    if not trainer.world.is_main:
+        return None
+    return save_checkpoint(run_dir, step, trainable=trainable, optimizer_state=optimizer_state, config=to_dict(cfg),
+                           user=extra, extra_tensors=ema, keep=cfg.run.keep_checkpoints)
 
 
 def _restore(trainer: Trainer, path: Path) -> tuple[int, dict[str, Any]]:
     ckpt = load_checkpoint(path)
     trainer.load_trainable_state(ckpt.trainable)
-    trainer.optimizer.load_state_dict(ckpt.optimizer_state)
+    trainer.load_optimizer_state(ckpt.optimizer_state)
     if trainer.ema is not None:
         if not ckpt.extra_tensors:
             raise ValueError(f"checkpoint {path} has no EMA weights but optim.ema is on")
-        for i, e in enumerate(trainer.ema):
-            e.copy_(ckpt.extra_tensors[f"ema.{i}"])
+        trainer.load_ema_state(ckpt.extra_tensors)
     return ckpt.step, dict(ckpt.user or {})
+
+
+def _lost_rank(exc: RuntimeError, run_dir: Path, it: int) -> TrainingInterrupted:
+    last = latest_checkpoint(run_dir)
+    where = f"the last checkpoint is {last} ({int(last.name.split('_')[-1])} iterations done)" if last is not None \
+        else f"no checkpoint was written in {run_dir}"
+    return TrainingInterrupted(f"{exc} during iteration {it}; the job stops: {where}; nothing after it is kept — "
+                               f"run again with --resume (on any number of processes)")
+
+
+# Changing these on --resume does not change what the run computes (or only where it must: a moved server).
+_RESUME_MAY_CHANGE = {"train": ("iterations",), "reward": ("reward", "overlap", "max_in_flight", "worker_threads"),
+                      "model": ("device",)}
 
 
 def _check_resume_config(run_dir: Path, cfg: Config) -> None:
@@ -59,32 +80,42 @@ def _check_resume_config(run_dir: Path, cfg: Config) -> None:
         return
     old = yaml.safe_load(saved.read_text())
     new = to_dict(cfg)
-    # What may change on resume: the horizon, logging, threads; anything else changes the run's meaning.
-    for section, keys in (("train", ("iterations",)), ("run", None)):
-        for d in (old, new):
-            if keys is None:
-                d.pop(section, None)
-            else:
-                for key in keys:
-                    d.get(section, {}).pop(key, None)
+    for d in (old, new):
+        d.pop("run", None)
+        for section, keys in _RESUME_MAY_CHANGE.items():
+            for key in keys:
+                d.get(section, {}).pop(key, None)
     diffs = [f"{s}.{k}" for s in new for k in new[s] if old.get(s, {}).get(k) != new[s][k]]
     if diffs:
         raise ValueError(f"--resume with a config that differs from {saved} in {diffs[:5]}: resume with the same "
-                         f"config (train.iterations may grow) or start a new run.name")
+                         f"config (train.iterations may grow, the reward server may move) or start a new run.name")
 
 
 def train(cfg: Config, *, resume: bool = False, trainer: Trainer | None = None, log=print) -> dict[str, Any]:
-    """Run `cfg` to `cfg.train.iterations`; returns the summary (also written to `summary.json`)."""
+    """Run `cfg` to `cfg.train.iterations`; returns the summary (also written to `summary.json`; on ranks other than
+    0 under torchrun, `{"rank": r}`)."""
+    world = distributed.init(cfg.run.dist_timeout_s, cfg.model.device)
+    main = world.is_main
+    if not main:
+        log = _quiet
     run_dir = run_dir_of(cfg)
     has_ckpt = latest_checkpoint(run_dir) is not None
     if has_ckpt and not resume:
         raise ValueError(f"run directory {run_dir} already holds checkpoints: pass --resume to continue it, or "
                          f"choose another run.name")
     if resume and has_ckpt:
-        _check_resume_config(run_dir, cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        _check_resume_config(run_dir, cfg)  # every rank reads the saved config before rank 0 replaces it
+        distributed.barrier("the config check")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_dir / ".config.yaml.tmp"
+        tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        os.replace(tmp, run_dir / "config.yaml")
+    distributed.barrier("the start barrier")
     trainer = trainer or Trainer(cfg, log=log)
+    if world.enabled:
+        log(f"{world.size} ranks ({world.backend}); rollout chunks of "
+            f"{cfg.rollout.chunk_size or cfg.rollout.group_size} trajectories")
     start, user = 0, {}
     if resume and has_ckpt:
         path = latest_checkpoint(run_dir)
@@ -92,21 +123,22 @@ def train(cfg: Config, *, resume: bool = False, trainer: Trainer | None = None, 
         log(f"resumed from {path} (iteration {start})")
     elif resume:
         log(f"--resume: no checkpoint in {run_dir}, starting from iteration 0")
-    metrics = MetricsWriter(run_dir / "metrics.jsonl", tensorboard_dir=run_dir / "tb" if cfg.run.tensorboard else None,
-                            resume_from_iteration=start - 1 if resume else None)
+    metrics = (MetricsWriter(run_dir / "metrics.jsonl", tensorboard_dir=run_dir / "tb" if cfg.run.tensorboard else None,
+                             resume_from_iteration=start - 1 if resume else None) if main else _NoMetrics())
     t_run = time.perf_counter()
     do_eval = cfg.run.eval_every > 0 and trainer.task is not None
+    it = start
     try:
         if do_eval and "heldout_before" not in user:
             t0 = time.perf_counter()
             score, images = trainer.evaluate()
             user["heldout_before"] = score
-            _grid(images, trainer, run_dir / "samples_before.png")
+            if main:
+                _grid(images, trainer, run_dir / "samples_before.png")
             # Held-out reward in record i is measured after iteration i's update: the base model is "iteration -1".
             metrics.write({"iteration": -1, "heldout_reward": score, "timings": {"eval": time.perf_counter() - t0}})
         iterations = cfg.train.iterations
-        bar = _progress(cfg, start, iterations)
-        it = start
+        bar = _progress(cfg, start, iterations) if main else None
         for it in range(start, iterations):
             try:
                 rec = trainer.iteration(it)
@@ -127,9 +159,18 @@ def train(cfg: Config, *, resume: bool = False, trainer: Trainer | None = None, 
                 _save(trainer, run_dir, it + 1, user)
         if bar is not None:
             bar.close()
+    except RuntimeError as exc:
+        failure = distributed.as_rank_failure(exc, "training")
+        if failure is None:
+            raise
+        raise _lost_rank(failure, run_dir, it) from exc
     finally:
         metrics.close()
         trainer.close()
+    if not main:
+        if do_eval:  # the samples' forwards are collectives with FSDP2: every rank runs them
+            trainer.sample(*trainer.eval_set())
+        return {"rank": world.rank}
     records = read_metrics(run_dir / "metrics.jsonl")
     summary = _summary(cfg, records, user, time.perf_counter() - t_run)
     if do_eval:
@@ -147,6 +188,20 @@ def train(cfg: Config, *, resume: bool = False, trainer: Trainer | None = None, 
         after = summary.get("heldout_after", float("nan"))
         log(f"held-out reward: before {summary['heldout_before']:.3f} -> after {after:.3f}  ({run_dir})")
     return summary
+
+
+def _quiet(*_args: Any, **_kwargs: Any) -> None:
+    pass
+
+
+class _NoMetrics:
+    """The metrics writer of ranks other than 0: writes nothing."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _grid(images, trainer: Trainer, path: Path) -> None:

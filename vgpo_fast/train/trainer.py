@@ -10,6 +10,11 @@ One iteration (DESIGN.md, data flow):
    velocity with grad at x_j, `sde_log_prob` (+ KL to the adapter-disabled reference), `clipped_policy_loss`;
    one optimiser step per `grad_accum` minibatches;
 5. metrics (JSONL), held-out evaluation, atomic checkpoint.
+
+Under torchrun (`distributed`): each rank rolls out its whole chunks of the batch, the rollouts are all-gathered,
+every rank computes the same advantages and plan, and trains on its part of every global minibatch; gradients are
+synchronised by DDP (LoRA) or FSDP2 (full fine-tuning). The global batch and the update do not depend on the number
+of ranks.
 """
 
 from __future__ import annotations
@@ -30,23 +35,26 @@ from torch import nn
 from vgpo_fast.models import add_lora, enable_fp8_training, maybe_compile, reference_policy, velocity
 from vgpo_fast.models.pipeline import FlowPipeline, load_task_pipeline
 from vgpo_fast.ops import clipped_policy_loss, sde_log_prob
-from vgpo_fast.rewards.base import RewardModel, finite_group_mask
+from vgpo_fast.rewards.base import RewardError, RewardModel, finite_group_mask
 from vgpo_fast.rewards.registry import build_reward
 from vgpo_fast.rollout.engine import RewardPipeline
 from vgpo_fast.rollout.sampler import Trajectory, sample_trajectories
 from vgpo_fast.rollout.schedule import reward_steps
 from vgpo_fast.rollout.schedule import sigmas as make_sigmas
 from vgpo_fast.tasks.registry import Task, get_task
+from vgpo_fast.train import distributed
 from vgpo_fast.train.advantages import AdvantageResult, compute_advantages, uses_dense_rewards
 from vgpo_fast.train.config import Config
 
 __all__ = ["RolloutBatch", "Trainer", "iteration_seed"]
 
 
-def iteration_seed(seed: int, iteration: int, stream: int) -> int:
-    """A 63-bit seed for one random stream (0 prompts, 1 initial noise, 2 SDE noise, 3 step order) of one
-    iteration; independent of process count and of anything drawn before."""
-    return int(np.random.SeedSequence([seed, iteration, stream]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+def iteration_seed(seed: int, iteration: int, stream: int, *index: int) -> int:
+    """A 63-bit seed for one random stream (0 prompts, 1 initial noise, 2 SDE noise, 3 step order, 4 minibatch
+    order) of one iteration, `index` naming a part of it (the rollout chunk of the SDE noise); independent of the
+    process count and of anything drawn before."""
+    entropy = [seed, iteration, stream, *index]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def _sync(device: torch.device) -> None:
@@ -99,23 +107,32 @@ class Trainer:
     def __init__(self, cfg: Config, *, pipeline: FlowPipeline | None = None, reward: RewardModel | None = None,
                  log: Callable[[str], None] = print) -> None:
         self.cfg, self.log = cfg, log
+        self.world = distributed.world()
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.model.device == "auto"
                                    else cfg.model.device)
+        if self.device.type == "cuda" and self.world.enabled:
+            self.device = torch.device("cuda", self.world.local_rank)
         self.task: Task | None = get_task(cfg.model.task) if cfg.model.task else None
         self.pipe = pipeline if pipeline is not None else self._load_pipeline()
         self.pipe.to(self.device)
         self.pipe.text_encoder.requires_grad_(False)
         self._setup_policy()
         self.reward = reward if reward is not None else self._build_reward()
-        T = cfg.rollout.steps
+        T, G = cfg.rollout.steps, cfg.rollout.group_size
         self.sigmas = make_sigmas(T, cfg.rollout.shift)
         dense = uses_dense_rewards(cfg.algorithm)
         self.reward_steps = reward_steps(T, cfg.reward.steps) if dense else [T - 1]
         self.reward_pipeline = RewardPipeline(self.reward, self.pipe.decode, T, reward_steps=self.reward_steps,
                                               overlap=cfg.reward.overlap, max_in_flight=cfg.reward.max_in_flight,
                                               worker_threads=cfg.reward.worker_threads)
+        if distributed.is_sharded(self.train_module):
+            n, chunk = cfg.rollout.prompts_per_iter * cfg.rollout.group_size, cfg.rollout.chunk_size or G
+            if -(-n // chunk) % self.world.size:
+                raise ValueError(f"full fine-tuning (FSDP2) on {self.world.size} ranks needs a number of rollout "
+                                 f"chunks that is a multiple of it (every forward is a collective): {n} trajectories "
+                                 f"in chunks of rollout.chunk_size={chunk} make {-(-n // chunk)}")
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
@@ -152,7 +169,12 @@ class Trainer:
         if m.fp8:
             enable_fp8_training(model, device=self.device)
         self.model = model
+        # `train_module` synchronises gradients across ranks (DDP / FSDP2; the model itself on one process).
+        self.train_module = distributed.wrap_model(model, lora=m.lora, device=self.device,
+                                                   extra_sharded=[self.reference] if self.reference else [])
         self.forward_model = maybe_compile(model, "default" if m.compile else None)
+        self.train_model = (self.forward_model if self.train_module is model
+                            else maybe_compile(self.train_module, "default" if m.compile else None))
 
     def _build_reward(self) -> RewardModel:
         spec = self.cfg.reward.reward
@@ -204,47 +226,63 @@ class Trainer:
     # --------------------------------------------------------------------------------------------- rollout
     @torch.no_grad()
     def rollout(self, iteration: int) -> RolloutBatch:
-        """Roll out P x G trajectories of `iteration` and score every evaluated projection."""
+        """Roll out P x G trajectories of `iteration` and score every evaluated projection.
+
+        The batch is cut into chunks of `rollout.chunk_size` (default: one prompt group), each with its own SDE
+        noise generator; with several ranks each rolls out its chunks and the results are all-gathered, so the
+        batch is the same for any number of ranks."""
         cfg = self.cfg
         G = cfg.rollout.group_size
         prompts = [p for p in self.sample_prompts(iteration) for _ in range(G)]
         N = len(prompts)
         gen_init = torch.Generator().manual_seed(iteration_seed(cfg.train.seed, iteration, 1))
-        x_init = torch.randn((N, *self.pipe.latent_shape), generator=gen_init).to(self.device)
-        gen_sde = torch.Generator(self.device).manual_seed(iteration_seed(cfg.train.seed, iteration, 2))
-        chunk = cfg.rollout.chunk_size or N
+        x_init = torch.randn((N, *self.pipe.latent_shape), generator=gen_init)
+        chunk = cfg.rollout.chunk_size or G
         timer = _Timer(self.device)
         latents, logps, rewards, rtimes = [], [], [], []
         window = tuple(cfg.rollout.sde_window) if cfg.rollout.sde_window is not None else None
         self.forward_model.eval()
         traj: Trajectory | None = None
-        for lo in range(0, N, chunk):
-            ps = prompts[lo:lo + chunk]
-            cond, uncond = self._conditioning(ps)
+        failure: RewardError | None = None
+        try:
+            for c, lo, hi in distributed.chunk_plan(N, chunk, self.world):
+                ps = prompts[lo:hi]
+                cond, uncond = self._conditioning(ps)
 
-            def vfn(x: torch.Tensor, sigma: torch.Tensor, cond=cond, uncond=uncond) -> torch.Tensor:
-                with timer("transformer"):
-                    return self._velocity(self.forward_model, x, sigma, cond, uncond)
+                def vfn(x: torch.Tensor, sigma: torch.Tensor, cond=cond, uncond=uncond) -> torch.Tensor:
+                    with timer("transformer"):
+                        return self._velocity(self.forward_model, x, sigma, cond, uncond)
 
-            self.reward_pipeline.begin(ps)
-            with timer("rollout"):
-                traj = sample_trajectories(vfn, x_init[lo:lo + chunk], self.sigmas, a=cfg.rollout.noise_level,
-                                           sde_type=cfg.rollout.sde_type, sde_steps=window, generator=gen_sde,
-                                           on_projection=self.reward_pipeline, reduce=cfg.rollout.reduce,
-                                           train_last_step=cfg.train.train_last_step)
-            with timer("reward_finish"):
-                result = self.reward_pipeline.finish()
-            latents.append(traj.latents)
-            logps.append(traj.logp)
-            rewards.append(result.rewards)
-            rtimes.append(result.timings)
+                gen_sde = torch.Generator(self.device).manual_seed(iteration_seed(cfg.train.seed, iteration, 2, c))
+                self.reward_pipeline.begin(ps)
+                with timer("rollout"):
+                    traj = sample_trajectories(vfn, x_init[lo:hi].to(self.device), self.sigmas,
+                                               a=cfg.rollout.noise_level, sde_type=cfg.rollout.sde_type,
+                                               sde_steps=window, generator=gen_sde, on_projection=self.reward_pipeline,
+                                               reduce=cfg.rollout.reduce, train_last_step=cfg.train.train_last_step)
+                with timer("reward_finish"):
+                    result = self.reward_pipeline.finish()
+                latents.append(traj.latents)
+                logps.append(traj.logp)
+                rewards.append(result.rewards)
+                rtimes.append(result.timings)
+        except RewardError as exc:
+            failure = exc
+        # Every rank learns of a reward failure on any rank, so all stop at the same iteration.
+        if distributed.any_rank(failure is not None):
+            raise failure or RewardError(f"iteration {iteration}: the reward failed on another rank")
         assert traj is not None
-        seconds = timer.seconds
-        rt = _merge_reward_timings(rtimes)
         R = torch.cat(rewards).float()
         R = (R + cfg.reward.offset) * cfg.reward.scale
-        return RolloutBatch(prompts, torch.cat(latents, dim=1), torch.cat(logps, dim=1).float(), R.cpu(),
-                            traj.train_mask, self.sigmas, seconds, rt)
+        lat, logp = torch.cat(latents, dim=1), torch.cat(logps, dim=1).float()
+        if self.world.enabled:
+            counts = distributed.rows_per_rank(N, chunk, self.world)
+            with timer("all_gather"):
+                lat = distributed.all_gather_rows(lat, counts, dim=1)
+                logp = distributed.all_gather_rows(logp, counts, dim=1)
+                R = distributed.all_gather_rows(R, counts, dim=0)
+        return RolloutBatch(prompts, lat, logp, R.cpu(), traj.train_mask, self.sigmas, timer.seconds,
+                            _merge_reward_timings(rtimes))
 
     # ------------------------------------------------------------------------------------------ advantages
     def advantages(self, batch: RolloutBatch) -> tuple[AdvantageResult, torch.Tensor]:
@@ -281,9 +319,10 @@ class Trainer:
         trajectories = torch.nonzero(keep.repeat_interleave(G)).reshape(-1)
         plan = self.step_plan(batch, iteration)
         sig = batch.sigmas.to(self.device, torch.float32)
-        stats: dict[str, list[float]] = {"loss": [], "clip_frac": [], "approx_kl": [], "kl": [], "ratio_dev": []}
+        sums: list[list[float]] = []  # per micro-step: rows * (loss, clip_frac, approx_kl, kl), rows
+        ratio_dev: list[float] = []  # per micro-step: max |logp - logp_old|
         grad_norms: list[float] = []
-        self.forward_model.train()
+        self.train_model.train()
         mb = cfg.train.minibatch_size
         gen = torch.Generator().manual_seed(iteration_seed(cfg.train.seed, iteration, 4))
         for _epoch in range(cfg.train.inner_epochs):
@@ -294,19 +333,26 @@ class Trainer:
                 window = minibatches[start:start + cfg.train.grad_accum]
                 micro = sum(plan.shape[1] for _ in window)
                 self.optimizer.zero_grad(set_to_none=True)
-                for idx in window:
+                done = 0
+                for minibatch in window:
+                    # This rank's rows of the global minibatch; `weight` makes the ranks' gradients add up to the
+                    # whole minibatch's (1.0 on one process).
+                    idx, weight = distributed.my_rows(minibatch, self.world)
+                    rows = idx.numel() if weight > 0 else 0
                     for k in range(plan.shape[1]):
-                        out = self._micro_step(batch, A, idx, plan[idx, k], sig)
-                        (out["loss_t"] / micro).backward()
-                        for key in stats:
-                            stats[key].append(out[key])
+                        done += 1
+                        with distributed.grad_sync(self.train_module, done == micro):
+                            out = self._micro_step(batch, A, idx, plan[idx, k], sig)
+                            (out["loss_t"] * weight / micro).backward()
+                        sums.append([out[key] * rows for key in ("loss", "clip_frac", "approx_kl", "kl")] + [rows])
+                        ratio_dev.append(out["ratio_dev"] if rows else 0.0)
                 norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.max_grad_norm
                                                       if cfg.optim.max_grad_norm > 0 else float("inf"))
-                grad_norms.append(float(norm))
+                grad_norms.append(float(distributed.full_tensor(norm)))
                 self.optimizer.step()
                 self._ema_update()
-        self.forward_model.eval()
-        result = {key: float(np.mean(v)) if v else 0.0 for key, v in stats.items()}
+        self.train_model.eval()
+        result = _reduce_update_stats(sums, ratio_dev)
         result["grad_norm"] = float(np.mean(grad_norms)) if grad_norms else 0.0
         result["optimizer_steps"] = len(grad_norms)
         return result
@@ -320,7 +366,7 @@ class Trainer:
         sigma, sigma_next = sig[steps.to(self.device)], sig[steps.to(self.device) + 1]
         prompts = [batch.prompts[int(i)] for i in idx]
         cond, uncond = self._conditioning(prompts)
-        v = self._velocity(self.forward_model, x, sigma, cond, uncond)
+        v = self._velocity(self.train_model, x, sigma, cond, uncond)
         v_ref = None
         if cfg.algorithm.beta > 0:
             with torch.no_grad():
@@ -391,9 +437,13 @@ class Trainer:
         # since with overlap it runs concurrently with `transformer` and `sde_op`.
         rollout = phases["rollout"]
         transformer = batch.timings.get("transformer", 0.0)
-        wait = min(rollout - transformer, rt.get("wait", 0.0))
-        timings = {"transformer": transformer, "sde_op": max(0.0, rollout - transformer - wait), "reward_wait": wait,
-                   "advantage": phases["advantage"], "train": phases["train"], "total": phases["total"]}
+        gather = batch.timings.get("all_gather", 0.0)
+        wait = min(rollout - transformer - gather, rt.get("wait", 0.0))
+        timings = {"transformer": transformer, "sde_op": max(0.0, rollout - transformer - wait - gather),
+                   "reward_wait": wait, "advantage": phases["advantage"], "train": phases["train"],
+                   "total": phases["total"]}
+        if self.world.enabled:
+            timings["all_gather"] = gather
         rec: dict[str, Any] = {
             "iteration": iteration,
             "reward_mean": float(r.mean()) if r.numel() else float("nan"),
@@ -445,8 +495,25 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ state
     def trainable_state(self) -> dict[str, torch.Tensor]:
+        """`{name: full tensor on the CPU}` of the trainable weights (with FSDP2 a collective: call on every rank)."""
         names = {id(p): n for n, p in self.model.named_parameters()}
-        return {names[id(p)]: p.detach().cpu().contiguous() for p in self.params}
+        return {names[id(p)]: distributed.full_tensor(p.detach()).cpu().contiguous() for p in self.params}
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """The optimiser state_dict as one process would hold it (FSDP2 shards gathered: every rank calls it)."""
+        return distributed.full_state(self.optimizer.state_dict())
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(distributed.localize_optimizer_state(state, self.params))
+
+    def ema_state(self) -> dict[str, torch.Tensor] | None:
+        if self.ema is None:
+            return None
+        return {f"ema.{i}": distributed.full_tensor(t).cpu() for i, t in enumerate(self.ema)}
+
+    def load_ema_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        for i, e in enumerate(self.ema or []):
+            distributed.copy_full_into(e, tensors[f"ema.{i}"])
 
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
         params = dict(self.model.named_parameters())
@@ -454,9 +521,8 @@ class Trainer:
         if missing or any(n not in params for n in state):
             raise ValueError(f"checkpoint weights do not match the model: missing {missing[:3]}, "
                              f"unexpected {[n for n in state if n not in params][:3]}")
-        with torch.no_grad():
-            for n, t in state.items():
-                params[n].copy_(t.to(params[n].device, params[n].dtype))
+        for n, t in state.items():
+            distributed.copy_full_into(params[n], t)
 
     def close(self) -> None:
         self.reward_pipeline.close()
@@ -471,6 +537,19 @@ def _read_prompts(path: str) -> tuple[str, ...]:
     if not prompts:
         raise ValueError(f"prompt file {file} holds no prompt")
     return prompts
+
+
+def _reduce_update_stats(sums: list[list[float]], ratio_dev: list[float]) -> dict[str, float]:
+    """Means over micro-steps of each micro-step's minibatch mean (rows summed over the ranks), and of its largest
+    |log-ratio|: the numbers one process computes for the same global minibatches."""
+    if not sums:
+        return {key: 0.0 for key in ("loss", "clip_frac", "approx_kl", "kl", "ratio_dev")}
+    total = distributed.all_reduce(torch.tensor(sums, dtype=torch.float64), "sum")
+    means = (total[:, :4] / total[:, 4:5]).mean(dim=0)
+    dev = distributed.all_reduce(torch.tensor(ratio_dev, dtype=torch.float64), "max")
+    out = {key: float(means[i]) for i, key in enumerate(("loss", "clip_frac", "approx_kl", "kl"))}
+    out["ratio_dev"] = float(dev.mean())
+    return out
 
 
 def _merge_reward_timings(parts: list[dict[str, Any]]) -> dict[str, Any]:
