@@ -119,9 +119,9 @@ def _eval(args: argparse.Namespace) -> int:
         trainer.cfg.run.eval_prompts = args.prompts
     if args.seeds:
         trainer.cfg.run.eval_seeds = args.seeds
-    score, _ = trainer.evaluate()
+    scores, _ = trainer.evaluate()
     print(json.dumps({"run": args.run, "weights": "base" if args.base else "latest checkpoint",
-                      "heldout_reward": score, "eval_prompts": trainer.cfg.run.eval_prompts,
+                      **scores, "eval_prompts": trainer.cfg.run.eval_prompts,
                       "eval_seeds": trainer.cfg.run.eval_seeds}))
     trainer.close()
     return 0

@@ -43,7 +43,8 @@ PLOTS = {
     "timings": "Time per phase",
 }
 # Fields summarised in the report's statistics table (timings/total reads the nested dict).
-_STAT_FIELDS = ["reward_mean", "heldout_reward", "group_std_mean", "zero_std_frac", "loss", "approx_kl", "kl",
+_STAT_FIELDS = ["reward_mean", "heldout_reward", "heldout_accuracy", "group_std_mean", "zero_std_frac", "loss",
+                "approx_kl", "kl",
                 "clip_frac", "grad_norm", "timings/total"]
 
 
@@ -206,7 +207,10 @@ def _plot_reward(records: list[dict[str, Any]], path: Path) -> bool:
             ax.fill_between(bi, [m - s for _, m, s in band], [m + s for _, m, s in band], color="C0", alpha=0.2,
                             linewidth=0, label="± batch std")
     if h_its:
-        ax.plot(h_its, held, color="C3", marker="o", label="held-out reward")
+        ax.plot(h_its, held, color="C3", marker="o", label="held-out reward (ODE samples)")
+    a_its, acc = _series(records, "heldout_accuracy")
+    if a_its:
+        ax.plot(a_its, acc, color="C2", marker="s", label="held-out accuracy (strict)")
     ax.set_xlabel("iteration")
     ax.set_ylabel("terminal reward")
     ax.grid(alpha=0.3)

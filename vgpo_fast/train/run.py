@@ -100,9 +100,14 @@ def train(cfg: Config, *, resume: bool = False, trainer: Trainer | None = None, 
         log = _quiet
     run_dir = run_dir_of(cfg)
     has_ckpt = latest_checkpoint(run_dir) is not None
-    if has_ckpt and not resume:
-        raise ValueError(f"run directory {run_dir} already holds checkpoints: pass --resume to continue it, or "
-                         f"choose another run.name")
+    if has_ckpt and not resume:  # never overwrite a run: a new run takes the next free name
+        base, n = cfg.run.name, 2
+        while latest_checkpoint(run_dir_of(cfg)) is not None or (run_dir_of(cfg) / "config.yaml").exists():
+            cfg.run.name = f"{base}-{n}"
+            n += 1
+        log(f"{run_dir} already holds a run (continue it with --resume); this run is {run_dir_of(cfg)}")
+        run_dir, has_ckpt = run_dir_of(cfg), False
+    distributed.barrier("the run directory choice")  # every rank names the directory before rank 0 creates it
     if resume and has_ckpt:
         _check_resume_config(run_dir, cfg)  # every rank reads the saved config before rank 0 replaces it
         distributed.barrier("the config check")
@@ -131,12 +136,12 @@ def train(cfg: Config, *, resume: bool = False, trainer: Trainer | None = None, 
     try:
         if do_eval and "heldout_before" not in user:
             t0 = time.perf_counter()
-            score, images = trainer.evaluate()
-            user["heldout_before"] = score
+            scores, images = trainer.evaluate()
+            user["heldout_before"] = scores
             if main:
                 _grid(images, trainer, run_dir / "samples_before.png")
             # Held-out reward in record i is measured after iteration i's update: the base model is "iteration -1".
-            metrics.write({"iteration": -1, "heldout_reward": score, "timings": {"eval": time.perf_counter() - t0}})
+            metrics.write({"iteration": -1, **scores, "timings": {"eval": time.perf_counter() - t0}})
         iterations = cfg.train.iterations
         bar = _progress(cfg, start, iterations) if main else None
         for it in range(start, iterations):
@@ -148,7 +153,8 @@ def train(cfg: Config, *, resume: bool = False, trainer: Trainer | None = None, 
                                           f"— fix the reward and run again with --resume") from exc
             if do_eval and ((it + 1) % cfg.run.eval_every == 0 or it + 1 == iterations):
                 t0 = time.perf_counter()
-                rec["heldout_reward"], _ = trainer.evaluate()
+                scores, _ = trainer.evaluate()
+                rec.update(scores)
                 rec["timings"]["eval"] = time.perf_counter() - t0
             metrics.write(rec)
             if bar is not None:
@@ -184,9 +190,10 @@ def train(cfg: Config, *, resume: bool = False, trainer: Trainer | None = None, 
                  if (run_dir / f"samples_{k}.png").is_file()}
         summary["report"] = str(write_report(run_dir, records, title=f"{cfg.run.name}: {cfg.algorithm.name}",
                                              summary=summary, grids=grids, config=to_dict(cfg)))
-    if "heldout_before" in summary:
-        after = summary.get("heldout_after", float("nan"))
-        log(f"held-out reward: before {summary['heldout_before']:.3f} -> after {after:.3f}  ({run_dir})")
+    for key in ("heldout_reward", "heldout_accuracy"):
+        if f"{key}_before" in summary:
+            after = summary.get(f"{key}_after", float("nan"))
+            log(f"{key.replace('_', ' ')}: before {summary[f'{key}_before']:.3f} -> after {after:.3f}  ({run_dir})")
     return summary
 
 
@@ -225,10 +232,10 @@ def _summary(cfg: Config, records: list[dict[str, Any]], user: dict[str, Any], s
     records = [r for r in records if r["iteration"] >= 0]
     out: dict[str, Any] = {"algorithm": cfg.algorithm.name, "tcrm": cfg.algorithm.tcrm, "adae": cfg.algorithm.adae,
                            "iterations": len(records), "wall_seconds_this_session": round(seconds, 1)}
-    if "heldout_before" in user:
-        out["heldout_before"] = user["heldout_before"]
-    if evals:
-        out["heldout_after"] = evals[-1]["heldout_reward"]
+    for key, value in user.get("heldout_before", {}).items():
+        out[f"{key}_before"] = value
+        if evals and key in evals[-1]:
+            out[f"{key}_after"] = evals[-1][key]
     if records:
         out["train_reward_first"] = records[0].get("reward_mean")
         out["train_reward_last"] = records[-1].get("reward_mean")

@@ -484,14 +484,20 @@ class Trainer:
 
         return eval_prompt_set(self.prompt_pool("held_out"), self.cfg.run.eval_prompts, self.cfg.run.eval_seeds)
 
-    def evaluate(self) -> tuple[float, torch.Tensor]:
-        """(mean held-out reward, the images) on the fixed held-out prompts and seeds; the reward is the task's
-        `eval_reward` (strict for shapes), else the training reward."""
+    def evaluate(self) -> tuple[dict[str, float], torch.Tensor]:
+        """Held-out scores of ODE samples on the fixed held-out prompts and seeds, and the images.
+
+        `heldout_reward`: the training reward (the quantity RL optimises, e.g. shapes partial credit);
+        `heldout_accuracy`: the task's evaluation reward when it differs (shapes: strict, GenEval-like 0/1).
+        """
         prompts, seeds = self.eval_set()
         images = self.sample(prompts, seeds)
-        if self._eval_scorer is None:
-            self._eval_scorer = build_reward(self.task.eval_reward) if self.task is not None else self.reward
-        return float(self._eval_scorer.score(images, prompts).mean()), images
+        if self._eval_scorer is None and self.task is not None and self.task.eval_reward != self.task.reward:
+            self._eval_scorer = build_reward(self.task.eval_reward)
+        scores = {"heldout_reward": float(self.reward.score(images, prompts).mean())}
+        if self._eval_scorer is not None:
+            scores["heldout_accuracy"] = float(self._eval_scorer.score(images, prompts).mean())
+        return scores, images
 
     # ------------------------------------------------------------------------------------------ state
     def trainable_state(self) -> dict[str, torch.Tensor]:
