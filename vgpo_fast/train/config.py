@@ -32,7 +32,7 @@ class ModelConfig:
     eval_prompts: str | None = None
     resolution: int | None = None
     device: str = "auto"
-    lora: bool = True
+    lora: bool = False
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
@@ -48,11 +48,11 @@ class RolloutConfig:
     shift: float = 3.0
     noise_level: float = 0.7
     sde_type: Literal["flow_grpo", "cps"] = "flow_grpo"
-    sde_window: list[int] | None = None
+    sde_window: list[int] | None = field(default_factory=lambda: [0, 5])
     guidance_scale: float = 3.0
     prompts_per_iter: int = 8
     group_size: int = 8
-    chunk_size: int | None = None
+    chunk_size: int | None = 64
     reduce: Literal["mean", "sum"] = "mean"
 
 
@@ -91,7 +91,7 @@ class AlgorithmConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 3e-4
+    lr: float = 1e-5
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 1e-4
     eps: float = 1e-8
@@ -106,11 +106,11 @@ class TrainLoopConfig:
     (all stochastic steps but the last, shuffled; `steps_per_iter` samples that many of them per iteration),
     one optimiser step per `grad_accum` minibatches."""
 
-    iterations: int = 40
+    iterations: int = 60
     inner_epochs: int = 1
     minibatch_size: int = 16
-    grad_accum: int = 4
-    steps_per_iter: int | None = None
+    grad_accum: int = 1
+    steps_per_iter: int | None = 3
     train_last_step: bool = False
     shuffle: bool = True
     mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
@@ -126,9 +126,9 @@ class RunConfig:
     output_dir: str = "runs"
     checkpoint_every: int = 10
     keep_checkpoints: int = 2
-    eval_every: int = 10
-    eval_prompts: int = 48
-    eval_seeds: int = 2
+    eval_every: int = 20
+    eval_prompts: int = 64
+    eval_seeds: int = 4
     eval_steps: int = 10
     report: bool = True
     progress: bool = True
