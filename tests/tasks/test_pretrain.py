@@ -43,7 +43,7 @@ def test_shipped_shapes_base_model_loads_and_samples() -> None:
     pipe = load_task_pipeline(task.base_model_dir)
     images = sample_images(pipe, ["a red circle", "two blue squares"], [0, 1], steps=4)
     assert images.shape == (2, 3, *task.image_size)
-    assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+    assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
     # A trained model paints a flat grey background (the renderer's 128) around its objects: the corners are grey.
     corners = images[:, :, [0, 0, -1, -1], [0, -1, 0, -1]]
     assert float((corners - 128 / 255).abs().mean()) < 0.1
