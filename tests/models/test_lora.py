@@ -38,7 +38,9 @@ def test_fresh_lora_is_identity_and_reference_policy_is_base():
     with torch.no_grad():
         base = velocity(model, *args)
         add_lora(model, rank=4)
-        assert torch.equal(velocity(model, *args), base)  # peft initialises lora_B = 0
+        # peft initialises lora_B = 0: unchanged up to float rounding (peft >= 0.21 adds the zero update in a
+        # different order than the bare Linear, so bitwise equality is not guaranteed).
+        torch.testing.assert_close(velocity(model, *args), base, rtol=1e-6, atol=1e-6)
         _perturb(model)
         assert not torch.allclose(velocity(model, *args), base)
         with reference_policy(model) as ref:
