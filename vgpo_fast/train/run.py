@@ -144,6 +144,9 @@ def train(cfg: Config, *, resume: bool = False, trainer: Trainer | None = None, 
             metrics.write({"iteration": -1, **scores, "timings": {"eval": time.perf_counter() - t0}})
         iterations = cfg.train.iterations
         bar = _progress(cfg, start, iterations) if main else None
+        postfix: dict[str, str] = {}
+        if "heldout_reward" in user.get("heldout_before", {}):
+            postfix["heldout"] = f"{user['heldout_before']['heldout_reward']:.3f}"
         for it in range(start, iterations):
             try:
                 rec = trainer.iteration(it)
@@ -158,9 +161,11 @@ def train(cfg: Config, *, resume: bool = False, trainer: Trainer | None = None, 
                 rec["timings"]["eval"] = time.perf_counter() - t0
             metrics.write(rec)
             if bar is not None:
+                postfix["reward"] = f"{rec['reward_mean']:.3f}"
+                if "heldout_reward" in rec:
+                    postfix["heldout"] = f"{rec['heldout_reward']:.3f}"
+                bar.set_postfix(postfix)
                 bar.update(1)
-                bar.set_postfix(reward=f"{rec['reward_mean']:.3f}", **({"heldout": f"{rec['heldout_reward']:.3f}"}
-                                                                        if "heldout_reward" in rec else {}))
             if (it + 1) % cfg.run.checkpoint_every == 0 or it + 1 == iterations:
                 _save(trainer, run_dir, it + 1, user)
         if bar is not None:
