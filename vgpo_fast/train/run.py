@@ -22,13 +22,13 @@ import yaml
 
 from vgpo_fast.rewards.base import RewardError
 from vgpo_fast.train import distributed
-from vgpo_fast.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vgpo_fast.train.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from vgpo_fast.train.config import Config
 from vgpo_fast.train.config_io import to_dict
 from vgpo_fast.train.metrics import MetricsWriter, read_metrics
 from vgpo_fast.train.trainer import Trainer
 
-__all__ = ["TrainingInterrupted", "run_dir_of", "train"]
+__all__ = ["TrainingInterrupted", "load_weights", "run_dir_of", "train"]
 
 
 class TrainingInterrupted(RuntimeError):
@@ -50,14 +50,19 @@ def _save(trainer: Trainer, run_dir: Path, step: int, extra: dict[str, Any]) -> 
                            user=extra, extra_tensors=ema, keep=cfg.run.keep_checkpoints)
 
 
-def _restore(trainer: Trainer, path: Path) -> tuple[int, dict[str, Any]]:
-    ckpt = load_checkpoint(path)
+def load_weights(trainer: Trainer, ckpt: Checkpoint) -> None:
+    """The checkpoint's trainable weights (and EMA, when the trainer keeps one) into `trainer`."""
     trainer.load_trainable_state(ckpt.trainable)
-    trainer.load_optimizer_state(ckpt.optimizer_state)
     if trainer.ema is not None:
         if not ckpt.extra_tensors:
-            raise ValueError(f"checkpoint {path} has no EMA weights but optim.ema is on")
+            raise ValueError(f"checkpoint {ckpt.path} has no EMA weights but optim.ema is on")
         trainer.load_ema_state(ckpt.extra_tensors)
+
+
+def _restore(trainer: Trainer, path: Path) -> tuple[int, dict[str, Any]]:
+    ckpt = load_checkpoint(path)
+    load_weights(trainer, ckpt)
+    trainer.load_optimizer_state(ckpt.optimizer_state)
     return ckpt.step, dict(ckpt.user or {})
 
 

@@ -139,6 +139,7 @@ class Trainer:
                                            eps=o.eps)
         self.ema = [p.detach().clone() for p in self.params] if o.ema else None
         self._eval_scorer: RewardModel | None = None
+        self._uncond: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ----------------------------------------------------------------------------------------------- setup
     def _load_pipeline(self) -> FlowPipeline:
@@ -201,9 +202,10 @@ class Trainer:
 
     def _conditioning(self, prompts: list[str]) -> tuple[tuple[torch.Tensor, torch.Tensor],
                                                           tuple[torch.Tensor, torch.Tensor] | None]:
-        cond = self.pipe.encode(prompts)
-        uncond = self.pipe.encode([""]) if self.cfg.rollout.guidance_scale != 1.0 else None
-        return cond, uncond
+        """(cond, uncond) for CFG; the empty prompt's encoding is computed once (the text encoder is frozen)."""
+        if self.cfg.rollout.guidance_scale != 1.0 and self._uncond is None:
+            self._uncond = self.pipe.encode([""])
+        return self.pipe.encode(prompts), self._uncond
 
     def prompt_pool(self, split: str) -> dict[str, tuple[str, ...]]:
         """`{category: prompts}` of 'train' or 'held_out': from `model.train_prompts` / `model.eval_prompts`
@@ -339,10 +341,11 @@ class Trainer:
                     # whole minibatch's (1.0 on one process).
                     idx, weight = distributed.my_rows(minibatch, self.world)
                     rows = idx.numel() if weight > 0 else 0
+                    conditioning = self._conditioning([batch.prompts[int(i)] for i in idx])  # once per minibatch
                     for k in range(plan.shape[1]):
                         done += 1
                         with distributed.grad_sync(self.train_module, done == micro):
-                            out = self._micro_step(batch, A, idx, plan[idx, k], sig)
+                            out = self._micro_step(batch, A, idx, plan[idx, k], sig, conditioning)
                             (out["loss_t"] * weight / micro).backward()
                         sums.append([out[key] * rows for key in ("loss", "clip_frac", "approx_kl", "kl")] + [rows])
                         ratio_dev.append(out["ratio_dev"] if rows else 0.0)
@@ -358,14 +361,16 @@ class Trainer:
         return result
 
     def _micro_step(self, batch: RolloutBatch, A: torch.Tensor, idx: torch.Tensor, steps: torch.Tensor,
-                    sig: torch.Tensor) -> dict[str, Any]:
-        """Loss of trajectories `idx [b]` at their steps `steps [b]` (each its own j)."""
+                    sig: torch.Tensor, conditioning: tuple[tuple[torch.Tensor, torch.Tensor],
+                                                           tuple[torch.Tensor, torch.Tensor] | None]
+                    ) -> dict[str, Any]:
+        """Loss of trajectories `idx [b]` at their steps `steps [b]` (each its own j); `conditioning` is
+        `_conditioning` of their prompts."""
         cfg = self.cfg
         x = batch.latents[steps, idx].to(self.device)
         x_next = batch.latents[steps + 1, idx].to(self.device)
         sigma, sigma_next = sig[steps.to(self.device)], sig[steps.to(self.device) + 1]
-        prompts = [batch.prompts[int(i)] for i in idx]
-        cond, uncond = self._conditioning(prompts)
+        cond, uncond = conditioning
         v = self._velocity(self.train_model, x, sigma, cond, uncond)
         v_ref = None
         if cfg.algorithm.beta > 0:
