@@ -80,7 +80,7 @@ def add_profile_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--predict-batch", type=_ints, default=None, help="P, prompts per iteration (default: config's)")
     p.add_argument("--predict-gpus", type=_ints, default=[1], help="numbers of GPUs (data parallel)")
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
-    p.set_defaults(run=run_profile)
+    p.set_defaults(handler=run_profile)
     return p
 
 
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     add_profile_parser(sub)
     args = parser.parse_args(["profile", *(sys.argv[1:] if argv is None else argv)])
     try:
-        return args.run(args)
+        return args.handler(args)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"vgpo-fast profile: error: {exc}", file=sys.stderr)
         return 2

@@ -46,7 +46,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         value = getattr(defaults, name)
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(value), default=None,
                        help=f"default {value}")
-    p.set_defaults(run=_pretrain)
+    p.set_defaults(handler=_pretrain)
 
 
 def _load_train_config(args: argparse.Namespace):
@@ -74,6 +74,7 @@ def _trainer_from_run(args: argparse.Namespace):
 
     from .train.checkpoint import latest_checkpoint, load_checkpoint
     from .train.config import load
+    from .train.run import load_weights
     from .train.trainer import Trainer
 
     run = Path(args.run)
@@ -85,11 +86,7 @@ def _trainer_from_run(args: argparse.Namespace):
         path = latest_checkpoint(run)
         if path is None:
             raise FileNotFoundError(f"no checkpoint in {run / 'checkpoints'}")
-        ckpt = load_checkpoint(path)
-        trainer.load_trainable_state(ckpt.trainable)
-        if trainer.ema is not None and ckpt.extra_tensors:
-            for i, e in enumerate(trainer.ema):
-                e.copy_(ckpt.extra_tensors[f"ema.{i}"])
+        load_weights(trainer, load_checkpoint(path))
     return trainer
 
 
@@ -135,7 +132,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="train on N processes of this node (starts torchrun; NCCL on GPUs, gloo on CPUs); for "
                         "several nodes run torchrun yourself (docs/distributed.md)")
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. algorithm.name=flow_grpo")
-    p.set_defaults(run=_train)
+    p.set_defaults(handler=_train)
     for name, fn, helptext in (("sample", _sample, "PNG grid of samples from a run's latest checkpoint"),
                                ("eval", _eval, "held-out reward of a run's latest checkpoint")):
         q = sub.add_parser(name, help=helptext)
@@ -152,21 +149,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         else:
             q.add_argument("--prompts", type=int, default=None, help="held-out prompts (default: the run's)")
             q.add_argument("--seeds", type=int, default=None, help="seeds per prompt (default: the run's)")
-        q.set_defaults(run=fn)
+        q.set_defaults(handler=fn)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vgpo-fast", description="VGPO / Flow-GRPO training runtime")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("backends", help="which op backends run here, and why the others do not").set_defaults(
-        run=_backends)
+        handler=_backends)
     _add_train(sub)
     _add_pretrain(sub)
     from .profiling.cli import add_profile_parser
 
     add_profile_parser(sub)
     sub.add_parser("reward-server", help="serve a reward over HTTP (see `vgpo-fast reward-server --help`)",
-                   add_help=False).set_defaults(run=None)
+                   add_help=False).set_defaults(handler=None)
     args, rest = parser.parse_known_args(argv)
     if args.command == "reward-server":
         from .rewards.server import main as reward_server_main
@@ -175,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
     try:
-        return args.run(args)
+        return args.handler(args)
     except KeyboardInterrupt:
         print(f"vgpo-fast {args.command}: interrupted", file=sys.stderr)
         return 130

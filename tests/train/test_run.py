@@ -99,3 +99,16 @@ def test_config_typo_is_one_line_with_a_suggestion(tmp_path: Path) -> None:
     missing = run([sys.executable, "-m", "vgpo_fast.cli", "train", f"model.path={tmp_path / 'nope'}"], timeout=120)
     assert missing.returncode == 2
     assert "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_eval_and_sample_read_a_finished_run(model_dir: Path, tmp_path: Path) -> None:
+    assert run(train_cmd(model_dir, tmp_path, "done", "train.iterations=1")).returncode == 0
+    cli = [sys.executable, "-m", "vgpo_fast.cli"]
+    ev = run([*cli, "eval", "--run", str(tmp_path / "done")])
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    scores = json.loads(ev.stdout.strip().splitlines()[-1])
+    assert scores["weights"] == "latest checkpoint" and 0.0 <= scores["heldout_reward"] <= 1.0
+    out = tmp_path / "grid.png"
+    sample = run([*cli, "sample", "--run", str(tmp_path / "done"), "--n", "2", "--seeds", "2", "--out", str(out)])
+    assert sample.returncode == 0, sample.stderr[-2000:]
+    assert out.is_file() and len(out.with_suffix(".txt").read_text().splitlines()) == 4
