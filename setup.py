@@ -10,11 +10,12 @@ import platform
 
 from setuptools import setup
 
-PACKAGE_DIR = {"vgpo_fast": "vgpo_fast", "vgpo_fast.kernels": "kernels", "vgpo_fast.profiling": "profiling"}
+PACKAGE_DIR = {"vgpo_fast": "vgpo_fast", "vgpo_fast.kernels": "kernels", "vgpo_fast.profiling": "profiling",
+               "vgpo_fast.experiments": "experiments"}
 
 
 def _packages() -> list[str]:
-    found = ["vgpo_fast.kernels", "vgpo_fast.profiling"]
+    found = ["vgpo_fast.kernels", "vgpo_fast.profiling", "vgpo_fast.experiments"]
     for root, _dirs, files in os.walk("vgpo_fast"):
         if "__init__.py" in files:
             found.append(root.replace(os.sep, "."))

@@ -114,13 +114,16 @@ def main() -> None:
         if not ok:
             print(f"\n[FP8 vs bf16] not run: {why}")
         else:
+            # Full fine-tuning keeps no FP8 copy of the frozen reference: both sides then train without KL.
+            extra = [] if load(args.config, args.overrides).model.lora or args.tiny else ["algorithm.beta=0"]
             try:
-                bf16, fp8 = make_trainer(args), make_trainer(args, "model.fp8=true")
+                bf16, fp8 = make_trainer(args, *extra), make_trainer(args, "model.fp8=true", *extra)
             except (RuntimeError, ValueError) as e:
                 print(f"\n[FP8 vs bf16] not run: {e}")
             else:
-                side_by_side(f"bf16 vs FP8 training ({device})", "bf16", timed_iteration(bf16), "fp8",
-                             timed_iteration(fp8), args.rounds)
+                note = " ".join(extra) + (", float8 matmuls emulated on the CPU" if device == "cpu" else "")
+                side_by_side(f"bf16 vs FP8 training ({device}{'; ' + note if note.strip() else ''})", "bf16",
+                             timed_iteration(bf16), "fp8", timed_iteration(fp8), args.rounds)
                 bf16.close()
                 fp8.close()
 

@@ -21,7 +21,8 @@ full queue the wait for the reward), `reward_finish` (waiting for the last rewar
 - reward overhead: mean iteration time of a mode / that of `flow_grpo` (the same config and iterations);
 - overlap efficiency: the share of the reward lane's busy time that falls outside the main lane's reward waits,
   i.e. was hidden behind denoising; in [0, 1]. The terminal reward starts after the last step, so with |S|
-  equal jobs the ceiling is 1 - 1/|S| (`efficiency_ceiling`).
+  equal jobs the ceiling is 1 - 1/|S| (`efficiency_ceiling`; per rollout chunk: each chunk's last reward is
+  waited for before the next chunk starts).
 
 Modes run round-robin, the order reversed every round, so a change in the machine's load hits all modes alike.
 """
@@ -42,10 +43,9 @@ import torch
 
 from vgpo_fast.rewards.base import finite_group_mask
 from vgpo_fast.rollout.engine import RewardPipeline
-from vgpo_fast.rollout.sampler import sample_trajectories
 from vgpo_fast.rollout.schedule import sde_window
 from vgpo_fast.train.advantages import compute_advantages
-from vgpo_fast.train.trainer import RolloutBatch, Trainer, iteration_seed
+from vgpo_fast.train.trainer import RolloutBatch, Trainer
 
 from .clock import Clock
 
@@ -119,59 +119,20 @@ class Profiler:
         return alg
 
     # ------------------------------------------------------------------------------------------ one iteration
-    @torch.no_grad()
     def _rollout(self, mode: str, iteration: int, marks: list) -> tuple[RolloutBatch, list[dict]]:
-        tr, cfg, clock = self.trainer, self.trainer.cfg, self.clock
-        pipeline = self.pipelines[mode]
-        G = cfg.rollout.group_size
-        prompts = [p for p in tr.sample_prompts(iteration) for _ in range(G)]
-        N = len(prompts)
-        gen_init = torch.Generator().manual_seed(iteration_seed(cfg.train.seed, iteration, 1))
-        x_init = torch.randn((N, *tr.pipe.latent_shape), generator=gen_init).to(tr.device)
-        gen_sde = torch.Generator(tr.device).manual_seed(iteration_seed(cfg.train.seed, iteration, 2))
-        chunk = cfg.rollout.chunk_size or N
-        window = tuple(cfg.rollout.sde_window) if cfg.rollout.sde_window is not None else None
-        tr.forward_model.eval()
-        latents, logps, rewards, reward_timings = [], [], [], []
-        traj = None
-        for c, lo in enumerate(range(0, N, chunk)):
-            ps = prompts[lo:lo + chunk]
-            cond = tr.pipe.encode(ps)
-            uncond = tr.pipe.encode([""]) if cfg.rollout.guidance_scale != 1.0 else None
-            step = [0]
+        """The trainer's own rollout with this mode's reward pipeline, every transformer call, reward hand-off
+        and end-of-chunk wait stamped into `marks` as (kind, chunk, step, start mark, end mark)."""
+        clock = self.clock
 
-            def vfn(x: torch.Tensor, sigma: torch.Tensor, cond=cond, uncond=uncond, c=c, step=step) -> torch.Tensor:
-                m0 = clock.mark()
-                with _label("transformer"):
-                    v = tr._velocity(tr.forward_model, x, sigma, cond, uncond)
-                marks.append(("transformer", c, step[0], m0, clock.mark()))
-                step[0] += 1
-                return v
-
-            def on_projection(j: int, x0_hat: torch.Tensor, c=c, step=step) -> None:
-                m0 = clock.mark()
-                with _label("reward_handoff"):
-                    pipeline(j, x0_hat)
-                marks.append(("reward_wait", c, step[0] - 1, m0, clock.mark()))
-
-            pipeline.begin(ps)
-            traj = sample_trajectories(vfn, x_init[lo:lo + chunk], tr.sigmas, a=cfg.rollout.noise_level,
-                                       sde_type=cfg.rollout.sde_type, sde_steps=window, generator=gen_sde,
-                                       on_projection=on_projection, reduce=cfg.rollout.reduce,
-                                       train_last_step=cfg.train.train_last_step)
+        @contextlib.contextmanager
+        def probe(kind: str, chunk: int, step: int) -> Iterator[None]:
             m0 = clock.mark()
-            with _label("reward_finish"):
-                result = pipeline.finish()
-            marks.append(("reward_finish", c, self.T - 1, m0, clock.mark()))
-            latents.append(traj.latents)
-            logps.append(traj.logp)
-            rewards.append(result.rewards)
-            reward_timings.append({"chunk": c, **result.timings})
-        assert traj is not None
-        R = (torch.cat(rewards).float() + cfg.reward.offset) * cfg.reward.scale
-        batch = RolloutBatch(prompts, torch.cat(latents, dim=1), torch.cat(logps, dim=1).float(), R.cpu(),
-                             traj.train_mask, tr.sigmas)
-        return batch, reward_timings
+            with _label({"reward_wait": "reward_handoff"}.get(kind, kind)):
+                yield
+            marks.append((kind, chunk, step, m0, clock.mark()))
+
+        batch = self.trainer.rollout(iteration, reward_pipeline=self.pipelines[mode], probe=probe)
+        return batch, batch.reward_chunks
 
     def _advantages(self, mode: str, batch: RolloutBatch) -> tuple[Any, torch.Tensor]:
         cfg = self.trainer.cfg
@@ -240,12 +201,13 @@ class Profiler:
         busy_s = interval_overlap(busy, busy)
         waits = [(s, e) for p, _, s, e in segments if p in ("reward_wait", "reward_finish")]
         exposed = interval_overlap(busy, waits)
-        n_jobs = len(reward_lane) // 2
+        # Each chunk's terminal reward starts after its last step and is waited for before the next chunk starts.
+        n_jobs, n_chunks = len(reward_lane) // 2, sum(1 for rt in reward_timings if rt["per_step"]["steps"])
         return {
             "mode": mode, "iteration": iteration, "train": train, "total": total,
             "phases": phases, "reward_busy": busy_s, "reward_exposed": exposed,
             "overlap_efficiency": (1.0 - exposed / busy_s) if busy_s > 0 else 0.0,
-            "efficiency_ceiling": (1.0 - 1.0 / n_jobs) if n_jobs else 0.0,
+            "efficiency_ceiling": (1.0 - n_chunks / n_jobs) if n_jobs else 0.0,
             "per_step": {**per_step, **rstep,
                          "evaluated": sorted({j for _, j, _, _ in reward_lane})},
             "engine": [{k: v for k, v in rt.items() if k != "per_step"} for rt in reward_timings],

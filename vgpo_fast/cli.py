@@ -162,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     from .profiling.cli import add_profile_parser
 
     add_profile_parser(sub)
+    from .experiments.cli import add_experiment_parser
+
+    add_experiment_parser(sub)
     sub.add_parser("reward-server", help="serve a reward over HTTP (see `vgpo-fast reward-server --help`)",
                    add_help=False).set_defaults(handler=None)
     args, rest = parser.parse_known_args(argv)

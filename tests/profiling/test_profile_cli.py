@@ -27,3 +27,14 @@ def test_profile_command_writes_its_outputs(tmp_path: Path, capsys) -> None:
     for name in ("timeline.png", "breakdown.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     assert "traceEvents" in json.loads((out / "trace.json").read_text())
+
+
+def test_profile_with_the_reward_in_a_child_process(tmp_path: Path, capsys) -> None:
+    model = save_tiny_model(tmp_path / "model")
+    out = tmp_path / "prof"
+    code = main(["--iters", "1", "--warmup", "0", "--modes", "vgpo-overlap", "--out", str(out),
+                 f"model.path={model}", *TINY_OVERRIDES, "reward.worker=process"])
+    capsys.readouterr()
+    assert code == 0
+    mode = json.loads((out / "profile.json").read_text())["modes"]["vgpo-overlap"]
+    assert mode["reward_busy"] > 0 and 0.0 <= mode["overlap_efficiency"] <= 1.0

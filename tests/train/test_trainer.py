@@ -161,6 +161,16 @@ def test_overlap_on_and_off_give_identical_samples_rewards_and_losses() -> None:
     assert all(torch.equal(a, b) for a, b in zip(p1, p2, strict=True))
 
 
+def test_reward_in_a_child_process_gives_the_same_rollout_as_the_worker_thread() -> None:
+    batches = []
+    for worker in ("thread", "process"):
+        trainer = make_trainer(f"reward.worker={worker}")
+        batches.append(trainer.rollout(0))
+        trainer.close()
+    assert torch.equal(batches[0].latents, batches[1].latents)
+    assert torch.equal(batches[0].rewards, batches[1].rewards)
+
+
 def test_sparse_reward_steps_fill_from_the_next_evaluated_step() -> None:
     trainer = make_trainer("reward.steps=2")  # T = 4: S = {1, 3}
     batch = trainer.rollout(0)
@@ -188,3 +198,18 @@ def test_config_errors_are_clear() -> None:
         load(None, ["algorithm.name=flow_grpo", "algorithm.tcrm=false"])
     with pytest.raises(ConfigError, match=r"rollout\.sde_window"):
         load(None, ["rollout.sde_window=[3,20]"])
+
+
+def test_heldout_drift_is_zero_for_the_base_and_the_mean_pixel_change_after_updates() -> None:
+    trainer = make_trainer()
+    before, base = trainer.evaluate()
+    assert 0.0 <= before["heldout_reward"] <= 1.0 and "heldout_drift" not in before
+    same, _ = trainer.evaluate(base)
+    assert same["heldout_drift"] == 0.0 and same["heldout_reward"] == before["heldout_reward"]
+    perturb_lora(trainer, scale=0.5)
+    after, images = trainer.evaluate(base)
+    trainer.close()
+    want = (images.mul(255).round() - base.mul(255).round()).abs().mean().item() / 255
+    assert after["heldout_drift"] == pytest.approx(want, rel=1e-6) and after["heldout_drift"] > 0.0
+    with pytest.raises(ValueError, match="base_images must match"):
+        trainer.evaluate(base[:1])

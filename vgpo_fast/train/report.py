@@ -43,9 +43,8 @@ PLOTS = {
     "timings": "Time per phase",
 }
 # Fields summarised in the report's statistics table (timings/total reads the nested dict).
-_STAT_FIELDS = ["reward_mean", "heldout_reward", "heldout_accuracy", "group_std_mean", "zero_std_frac", "loss",
-                "approx_kl", "kl",
-                "clip_frac", "grad_norm", "timings/total"]
+_STAT_FIELDS = ["reward_mean", "heldout_reward", "heldout_accuracy", "heldout_drift", "group_std_mean",
+                "zero_std_frac", "loss", "approx_kl", "kl", "clip_frac", "grad_norm", "timings/total"]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 import yaml
 
 from vgpo_fast.rewards.base import RewardError
@@ -75,7 +77,8 @@ def _lost_rank(exc: RuntimeError, run_dir: Path, it: int) -> TrainingInterrupted
 
 
 # Changing these on --resume does not change what the run computes (or only where it must: a moved server).
-_RESUME_MAY_CHANGE = {"train": ("iterations",), "reward": ("reward", "overlap", "max_in_flight", "worker_threads"),
+_RESUME_MAY_CHANGE = {"train": ("iterations",),
+                      "reward": ("reward", "overlap", "max_in_flight", "worker_threads", "worker"),
                       "model": ("device",)}
 
 
@@ -139,14 +142,18 @@ def train(cfg: Config, *, resume: bool = False, trainer: Trainer | None = None, 
     do_eval = cfg.run.eval_every > 0 and trainer.task is not None
     it = start
     try:
+        base_images = None
         if do_eval and "heldout_before" not in user:
             t0 = time.perf_counter()
-            scores, images = trainer.evaluate()
+            scores, base_images = trainer.evaluate()
             user["heldout_before"] = scores
             if main:
-                _grid(images, trainer, run_dir / "samples_before.png")
+                _grid(base_images, trainer, run_dir / "samples_before.png")
+                _save_images(base_images, run_dir / BASE_IMAGES)
             # Held-out reward in record i is measured after iteration i's update: the base model is "iteration -1".
             metrics.write({"iteration": -1, **scores, "timings": {"eval": time.perf_counter() - t0}})
+        if do_eval and base_images is None:
+            base_images = _load_images(run_dir / BASE_IMAGES)
         iterations = cfg.train.iterations
         bar = _progress(cfg, start, iterations) if main else None
         postfix: dict[str, str] = {}
@@ -161,7 +168,7 @@ def train(cfg: Config, *, resume: bool = False, trainer: Trainer | None = None, 
                                           f"— fix the reward and run again with --resume") from exc
             if do_eval and ((it + 1) % cfg.run.eval_every == 0 or it + 1 == iterations):
                 t0 = time.perf_counter()
-                scores, _ = trainer.evaluate()
+                scores, _ = trainer.evaluate(base_images)
                 rec.update(scores)
                 rec["timings"]["eval"] = time.perf_counter() - t0
             metrics.write(rec)
@@ -207,6 +214,23 @@ def train(cfg: Config, *, resume: bool = False, trainer: Trainer | None = None, 
     return summary
 
 
+BASE_IMAGES = "heldout_base.npy"  # the base model's held-out samples, uint8 [B, 3, H, W], for heldout_drift
+
+
+def _save_images(images: torch.Tensor, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, images.mul(255).round().clamp(0, 255).to(torch.uint8).numpy())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _load_images(path: Path) -> torch.Tensor | None:
+    """The saved base samples as float [0, 1] (None when absent, e.g. a run from before they were saved)."""
+    return torch.from_numpy(np.load(path)).float().div(255) if path.is_file() else None
+
+
 def _quiet(*_args: Any, **_kwargs: Any) -> None:
     pass
 
@@ -246,6 +270,8 @@ def _summary(cfg: Config, records: list[dict[str, Any]], user: dict[str, Any], s
         out[f"{key}_before"] = value
         if evals and key in evals[-1]:
             out[f"{key}_after"] = evals[-1][key]
+    if evals and "heldout_drift" in evals[-1]:
+        out["heldout_drift_after"] = evals[-1]["heldout_drift"]
     if records:
         out["train_reward_first"] = records[0].get("reward_mean")
         out["train_reward_last"] = records[-1].get("reward_mean")

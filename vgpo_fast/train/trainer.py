@@ -36,6 +36,7 @@ from vgpo_fast.models import add_lora, enable_fp8_training, maybe_compile, refer
 from vgpo_fast.models.pipeline import FlowPipeline, load_task_pipeline
 from vgpo_fast.ops import clipped_policy_loss, sde_log_prob
 from vgpo_fast.rewards.base import RewardError, RewardModel, finite_group_mask
+from vgpo_fast.rewards.process import ProcessReward
 from vgpo_fast.rewards.registry import build_reward
 from vgpo_fast.rollout.engine import RewardPipeline
 from vgpo_fast.rollout.sampler import Trajectory, sample_trajectories
@@ -60,6 +61,13 @@ def iteration_seed(seed: int, iteration: int, stream: int, *index: int) -> int:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+RolloutProbe = Callable[[str, int, int], contextlib.AbstractContextManager]
+
+
+def _no_probe(kind: str, chunk: int, step: int) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
 
 
 class _Timer:
@@ -95,6 +103,7 @@ class RolloutBatch:
     sigmas: torch.Tensor
     timings: dict[str, float] = field(default_factory=dict)
     reward_timings: dict[str, Any] = field(default_factory=dict)
+    reward_chunks: list[dict[str, Any]] = field(default_factory=list)  # this rank's chunks' engine timings
 
 
 class Trainer:
@@ -185,6 +194,8 @@ class Trainer:
             spec = dict(self.task.reward)
         if isinstance(spec, dict):
             spec = {**spec, "nonfinite": self.cfg.reward.nonfinite}
+        if self.cfg.reward.worker == "process":
+            return ProcessReward(spec, threads=self.cfg.reward.worker_threads, nonfinite=self.cfg.reward.nonfinite)
         return build_reward(spec)
 
     # --------------------------------------------------------------------------------------------- helpers
@@ -227,14 +238,19 @@ class Trainer:
 
     # --------------------------------------------------------------------------------------------- rollout
     @torch.no_grad()
-    def rollout(self, iteration: int) -> RolloutBatch:
+    def rollout(self, iteration: int, *, reward_pipeline: RewardPipeline | None = None,
+                probe: RolloutProbe | None = None) -> RolloutBatch:
         """Roll out P x G trajectories of `iteration` and score every evaluated projection.
 
         The batch is cut into chunks of `rollout.chunk_size` (default: one prompt group), each with its own SDE
         noise generator; with several ranks each rolls out its chunks and the results are all-gathered, so the
-        batch is the same for any number of ranks."""
+        batch is the same for any number of ranks. `reward_pipeline` replaces the trainer's own (the profiler's
+        reward modes); `probe(kind, chunk, step)` wraps every transformer call ("transformer"), reward hand-off
+        ("reward_wait") and end-of-chunk reward wait ("reward_finish") in the context manager it returns."""
         cfg = self.cfg
-        G = cfg.rollout.group_size
+        pipeline = reward_pipeline if reward_pipeline is not None else self.reward_pipeline
+        probe = probe if probe is not None else _no_probe
+        G, T = cfg.rollout.group_size, cfg.rollout.steps
         prompts = [p for p in self.sample_prompts(iteration) for _ in range(G)]
         N = len(prompts)
         gen_init = torch.Generator().manual_seed(iteration_seed(cfg.train.seed, iteration, 1))
@@ -250,24 +266,32 @@ class Trainer:
             for c, lo, hi in distributed.chunk_plan(N, chunk, self.world):
                 ps = prompts[lo:hi]
                 cond, uncond = self._conditioning(ps)
+                step = [0]
 
-                def vfn(x: torch.Tensor, sigma: torch.Tensor, cond=cond, uncond=uncond) -> torch.Tensor:
-                    with timer("transformer"):
-                        return self._velocity(self.forward_model, x, sigma, cond, uncond)
+                def vfn(x: torch.Tensor, sigma: torch.Tensor, cond=cond, uncond=uncond, c=c,
+                        step=step) -> torch.Tensor:
+                    with timer("transformer"), probe("transformer", c, step[0]):
+                        v = self._velocity(self.forward_model, x, sigma, cond, uncond)
+                    step[0] += 1
+                    return v
+
+                def on_projection(j: int, x0_hat: torch.Tensor, c=c) -> None:
+                    with probe("reward_wait", c, j):
+                        pipeline(j, x0_hat)
 
                 gen_sde = torch.Generator(self.device).manual_seed(iteration_seed(cfg.train.seed, iteration, 2, c))
-                self.reward_pipeline.begin(ps)
+                pipeline.begin(ps)
                 with timer("rollout"):
                     traj = sample_trajectories(vfn, x_init[lo:hi].to(self.device), self.sigmas,
                                                a=cfg.rollout.noise_level, sde_type=cfg.rollout.sde_type,
-                                               sde_steps=window, generator=gen_sde, on_projection=self.reward_pipeline,
+                                               sde_steps=window, generator=gen_sde, on_projection=on_projection,
                                                reduce=cfg.rollout.reduce, train_last_step=cfg.train.train_last_step)
-                with timer("reward_finish"):
-                    result = self.reward_pipeline.finish()
+                with timer("reward_finish"), probe("reward_finish", c, T - 1):
+                    result = pipeline.finish()
                 latents.append(traj.latents)
                 logps.append(traj.logp)
                 rewards.append(result.rewards)
-                rtimes.append(result.timings)
+                rtimes.append({"chunk": c, **result.timings})
         except RewardError as exc:
             failure = exc
         # Every rank learns of a reward failure on any rank, so all stop at the same iteration.
@@ -284,7 +308,7 @@ class Trainer:
                 logp = distributed.all_gather_rows(logp, counts, dim=1)
                 R = distributed.all_gather_rows(R, counts, dim=0)
         return RolloutBatch(prompts, lat, logp, R.cpu(), traj.train_mask, self.sigmas, timer.seconds,
-                            _merge_reward_timings(rtimes))
+                            _merge_reward_timings(rtimes), rtimes)
 
     # ------------------------------------------------------------------------------------------ advantages
     def advantages(self, batch: RolloutBatch) -> tuple[AdvantageResult, torch.Tensor]:
@@ -489,19 +513,30 @@ class Trainer:
 
         return eval_prompt_set(self.prompt_pool("held_out"), self.cfg.run.eval_prompts, self.cfg.run.eval_seeds)
 
-    def evaluate(self) -> tuple[dict[str, float], torch.Tensor]:
+    def evaluate(self, base_images: torch.Tensor | None = None) -> tuple[dict[str, float], torch.Tensor]:
         """Held-out scores of ODE samples on the fixed held-out prompts and seeds, and the images.
 
         `heldout_reward`: the training reward (the quantity RL optimises, e.g. shapes partial credit);
-        `heldout_accuracy`: the task's evaluation reward when it differs (shapes: strict, GenEval-like 0/1).
+        `heldout_accuracy`: the task's evaluation reward when it differs (shapes: strict, GenEval-like 0/1);
+        `heldout_drift` (with `base_images`, the base model's samples of the same prompts and seeds, float
+        `[B, 3, H, W]` in [0, 1]): the mean absolute pixel change from them, in [0, 1] — a guard against reward
+        hacking: a reward that rises while the images drift far from the base's is suspect.
         """
         prompts, seeds = self.eval_set()
         images = self.sample(prompts, seeds)
+        if base_images is not None and base_images.shape != images.shape:
+            raise ValueError(f"base_images must match the held-out samples {tuple(images.shape)}, got "
+                             f"{tuple(base_images.shape)} (run.eval_prompts / eval_seeds changed?)")
         if self._eval_scorer is None and self.task is not None and self.task.eval_reward != self.task.reward:
             self._eval_scorer = build_reward(self.task.eval_reward)
         scores = {"heldout_reward": float(self.reward.score(images, prompts).mean())}
         if self._eval_scorer is not None:
             scores["heldout_accuracy"] = float(self._eval_scorer.score(images, prompts).mean())
+        if base_images is not None:
+            def levels(x: torch.Tensor) -> torch.Tensor:  # the 8-bit pixel values a saved image holds
+                return x.float().mul(255).round()
+
+            scores["heldout_drift"] = float((levels(images) - levels(base_images)).abs().mean() / 255)
         return scores, images
 
     # ------------------------------------------------------------------------------------------ state
@@ -567,7 +602,7 @@ def _merge_reward_timings(parts: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for part in parts:
         for key, value in part.items():
-            if isinstance(value, (int, float)) and key != "overlap_frac":
+            if isinstance(value, (int, float)) and key not in ("overlap_frac", "chunk"):
                 out[key] = out.get(key, 0.0) + float(value)
     busy = out.get("decode", 0.0) + out.get("reward", 0.0)
     out["overlap_frac"] = float(min(1.0, max(0.0, 1.0 - out.get("wait", 0.0) / busy))) if busy > 0 else 0.0
