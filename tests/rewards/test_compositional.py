@@ -11,6 +11,7 @@ from vgpo_fast.rewards.compositional import (
     detect_objects,
     label_components,
     min_component_area,
+    shape_scores,
 )
 from vgpo_fast.tasks.shapes.prompts import CATEGORIES, all_prompts, category_of, parse_prompt, sample_prompts
 from vgpo_fast.tasks.shapes.render import render, render_prompts
@@ -28,6 +29,7 @@ from vgpo_fast.tasks.shapes.scene import (
 ALL = {c: tuple(p) for c, p in all_prompts().items()}
 STRICT = CompositionalReward("strict")
 PARTIAL = CompositionalReward("partial")
+SOFT = CompositionalReward("soft")
 
 
 def _ground_truth(size: int, n: int, seed: int) -> tuple[np.ndarray, list[str]]:
@@ -178,7 +180,7 @@ def test_interface():
     with pytest.raises(ValueError, match="prompt"):
         STRICT.score(images[:1], ["a purple circle"])
     with pytest.raises(ValueError, match="mode"):
-        CompositionalReward("soft")
+        CompositionalReward("fuzzy")
     with pytest.raises(ValueError, match="attribute_credit"):
         CompositionalReward("partial", attribute_credit=0.9)
     with pytest.raises(ValueError, match="square"):
@@ -192,3 +194,46 @@ def test_requirements_without_a_category_are_still_verified():
     req = Requirements((red, red, blue))
     image = render(sample_scene(req, 24, 0))[None]
     assert float(STRICT.score(image, ["two red circles and a blue square"])[0]) == 1.0
+
+
+def test_soft_scores_ground_truth_1_near_misses_below_1_and_never_below_partial():
+    small, small_prompts = _ground_truth(16, 100, seed=4)
+    assert (SOFT.score(small, small_prompts) == 1).all()
+    images, prompts = _ground_truth(24, 200, seed=5)
+    assert (SOFT.score(images, prompts) == 1).all()
+    misses = np.stack([render(sample_scene(near_miss(parse_prompt(p), kind, i), 24, i))
+                       for i, p in enumerate(prompts[:120]) for kind in ("color", "shape", "side")
+                       if kind in near_miss_kinds(parse_prompt(p))])
+    miss_prompts = [p for p in prompts[:120] for kind in ("color", "shape", "side")
+                    if kind in near_miss_kinds(parse_prompt(p))]
+    soft, partial = SOFT.score(misses, miss_prompts), PARTIAL.score(misses, miss_prompts)
+    assert (soft < 1).all() and (soft >= partial - 1e-12).all()
+    # Ragged versions of the near misses and ground truth (pixels flipped to background) stay >= partial.
+    rng = np.random.default_rng(1)
+    ragged = np.concatenate([misses, images[:120]])
+    holes = rng.random(ragged.shape[:3]) < 0.15
+    ragged[holes] = BACKGROUND
+    ps = miss_prompts + prompts[:120]
+    assert (SOFT.score(ragged, ps) >= PARTIAL.score(ragged, ps) - 1e-12).all()
+
+
+def test_soft_shape_credit_grows_as_a_disc_fills_its_box():
+    disc = _scene(24, ("red", "circle", 8, 8, 8))
+    corners = [(8, 8), (8, 15), (15, 8), (15, 15), (9, 8), (8, 9), (14, 15), (15, 14)]
+    scores = [float(SOFT.score(disc, ["a red square"])[0])]
+    for k in range(2, len(corners) + 1, 2):  # fill the corner pixels two at a time: the disc becomes a square
+        img = disc.copy()
+        for y, x in corners[:k]:
+            img[0, y, x] = (220, 40, 40)
+        scores.append(float(SOFT.score(img, ["a red square"])[0]))
+    assert scores[0] == pytest.approx(0.25 + 0.75 * shape_scores(detect_objects(disc)[0][0])["square"])
+    assert all(b >= a for a, b in zip(scores, scores[1:], strict=False)) and scores[-1] > scores[0]
+    assert float(SOFT.score(_scene(24, ("red", "square", 8, 8, 8)), ["a red square"])[0]) == 1.0
+    assert float(SOFT.score(disc, ["a blue square"])[0]) < 0.25  # colour wrong: shape credit only, scaled down
+
+
+def test_hard_shape_classes_score_1_in_the_soft_scores():
+    images, prompts = _ground_truth(24, 100, seed=11)
+    for dets in detect_objects(images):
+        for d in dets:
+            assert shape_scores(d)[d.shape] == 1.0

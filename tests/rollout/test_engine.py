@@ -363,3 +363,25 @@ def test_cuda_side_stream_bit_identical() -> None:
     assert torch.equal(t_on.latents, t_off.latents) and torch.equal(r_on.rewards, r_off.rewards)
     direct = torch.stack([PixelReward().score(unit_to_pixels(t_on.projections[j]), PROMPTS) for j in range(T)], 1)
     assert torch.equal(r_on.evaluated, direct)
+
+
+def test_an_overlapped_batch_shortens_the_gil_switch_interval_and_restores_it() -> None:
+    default = sys.getswitchinterval()
+    seen: list[float] = []
+
+    class Recording(PixelReward):
+        def _score(self, images, prompts):
+            seen.append(sys.getswitchinterval())
+            return super()._score(images, prompts)
+
+    for overlap, want in ((True, min(default, 5e-4)), (False, default)):
+        seen.clear()
+        run(Recording(), overlap=overlap)
+        assert seen and all(s == pytest.approx(want) for s in seen)
+        assert sys.getswitchinterval() == default
+    with RewardPipeline(PixelReward(), lambda x: x, 2, gil_switch_s=None) as pipe:
+        pipe.begin(["a"])
+        assert sys.getswitchinterval() == default
+        pipe.cancel()
+    with pytest.raises(ValueError, match="gil_switch_s"):
+        RewardPipeline(PixelReward(), lambda x: x, 2, gil_switch_s=0.0)

@@ -58,3 +58,23 @@ def test_save_task_model_round_trip(tmp_path) -> None:
     v1 = pipe.velocity_fn(["a red circle"])(x, torch.tensor([0.5]))
     v2 = loaded.velocity_fn(["a red circle"])(x, torch.tensor([0.5]))
     torch.testing.assert_close(v1, v2, rtol=2e-2, atol=2e-2)  # stored in bf16
+
+
+def test_pretrain_init_continues_from_a_model_directory(tmp_path) -> None:
+    from vgpo_fast.tasks.pretrain import pretrain
+
+    task = get_task("shapes")
+    first = pretrain(PretrainConfig(steps=6, batch_size=8, warmup=1, lr=1e-3, log_every=1, eval_prompts=0, bf16=False),
+                     out=tmp_path / "a", log=lambda *_: None)
+    second = pretrain(PretrainConfig(steps=2, batch_size=8, warmup=1, lr=1e-5, log_every=1, eval_prompts=0, bf16=False,
+                                     seed=1, init=str(tmp_path / "a")), out=tmp_path / "b", log=lambda *_: None)
+    fresh = pretrain(PretrainConfig(steps=2, batch_size=8, warmup=1, lr=1e-5, log_every=1, eval_prompts=0, bf16=False,
+                                    seed=1), out=tmp_path / "c", log=lambda *_: None)
+    # Same batches (seed 1), tiny lr: the continued model starts where the first one ended, far below a fresh one.
+    assert second["loss_curve"][0]["loss"] < 0.9 * fresh["loss_curve"][0]["loss"]
+    assert second["init_meta"]["config"]["steps"] == 6 and "loss_curve" not in second["init_meta"]
+    assert first["loss_curve"][-1]["loss"] < first["loss_curve"][0]["loss"]
+    with pytest.raises(ValueError, match="not 'text'"):
+        pretrain(PretrainConfig(task="text", steps=1, init=str(tmp_path / "a")), out=tmp_path / "d",
+                 log=lambda *_: None)
+    assert task.name == "shapes"

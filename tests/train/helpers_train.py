@@ -52,4 +52,5 @@ TINY_OVERRIDES = [
     "train.grad_accum=1", "run.eval_prompts=4", "run.eval_seeds=1", "run.eval_steps=4", "run.progress=false",
     "reward.reward=helpers_train:Redness", "optim.lr=1e-3", "algorithm.clip_range=0.2", "run.threads=1",
     "model.lora=true", "rollout.sde_window=null", "rollout.chunk_size=null", "train.steps_per_iter=null",
+    "reward.worker=thread",
 ]

@@ -27,6 +27,7 @@ Scores (`Verdict`):
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -161,6 +162,36 @@ def classify_shapes(fill: np.ndarray, top_mass: np.ndarray, aspect: np.ndarray,
     return names
 
 
+def _membership(x: np.ndarray | float, lo: float, hi: float, margin: float) -> np.ndarray:
+    """1 inside [lo, hi], falling linearly to 0 at `margin` outside it."""
+    dist = np.maximum(lo - np.asarray(x, dtype=np.float64), 0.0) + np.maximum(np.asarray(x, dtype=np.float64) - hi,
+                                                                              0.0)
+    return np.clip(1.0 - dist / margin, 0.0, 1.0)
+
+
+# Margins of the graded shape scores: how far outside a rule's interval a feature may lie before the score is 0.
+SOFT_MARGINS = {"fill": 0.15, "top_mass": 0.1, "aspect": 0.5, "mirror": 0.25}
+
+
+def shape_scores(det: Detection) -> dict[str, float]:
+    """Graded version of `classify_shapes` for one detection: shape -> score in [0, 1], the product of a linear
+    membership per rule (1 where the hard rule holds, 0 at `SOFT_MARGINS` outside it). A component the hard rules
+    call shape s scores 1 for s; a ragged near-square scores between 0 and 1 for "square", closer to 1 the more
+    square it is: the partial credit RL can climb (`CompositionalReward(mode="soft")`)."""
+    m = SOFT_MARGINS
+    x0, y0, x1, y1 = det.bbox
+    bw, bh = x1 - x0 + 1, y1 - y0 + 1
+    regular = float(_membership(max(bw, bh) / min(bw, bh), 0.0, MAX_ASPECT, m["aspect"])
+                    * _membership(det.mirror, MIN_MIRROR, 1.0, m["mirror"]))
+    balanced = float(_membership(det.top_mass, *ROUND_TOP_MASS, m["top_mass"]))
+    return {
+        "circle": regular * balanced * float(_membership(det.fill, CIRCLE_MIN_FILL, SQUARE_MIN_FILL, m["fill"])),
+        "square": regular * balanced * float(_membership(det.fill, SQUARE_MIN_FILL, 1.0, m["fill"])),
+        "triangle": regular * float(_membership(det.top_mass, *TRIANGLE_TOP_MASS, m["top_mass"])
+                                    * _membership(det.fill, *TRIANGLE_FILL, m["fill"])),
+    }
+
+
 def detect_objects(images: np.ndarray, max_color_dist: float | None = None) -> list[list[Detection]]:
     """The objects in each of uint8 `images [B, H, W, 3]` (square, 16-128 px), largest first."""
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
@@ -278,8 +309,40 @@ def evaluate_detections(requirements: Requirements, detections: list[Detection],
                    n_detected=n_det, n_exact=n_exact, relation_ok=relation_ok, detections=tuple(detections))
 
 
+MAX_SOFT_DETECTIONS = 6  # the largest detections the soft matching considers (all count in the F1 denominator)
+
+
+def soft_partial(requirements: Requirements, detections: list[Detection], image_size: int,
+                 attribute_credit: float = 0.25) -> float:
+    """The partial score with graded shape credit (`mode="soft"`): a required (colour, shape) matched to a
+    detection of its colour earns `a + (1 - a) * shape_scores(d)[shape]` (a = attribute_credit; 1 for an exact
+    match, a for the right colour in an illegible shape), one of another colour `a * shape_scores(d)[shape]`.
+    The assignment of required objects to detections maximises the score, which combines credits as `partial`
+    does (F1-like object score, half relation when the prompt has one). Always >= the hard partial score."""
+    required = requirements.objects
+    n_req, n_det = len(required), len(detections)
+    dets = detections[:MAX_SOFT_DETECTIONS]
+    scores = [shape_scores(d) for d in dets]
+    credit_of = [[(attribute_credit + (1 - attribute_credit) * sc[spec.shape]) if d.color == spec.color
+                  else attribute_credit * sc[spec.shape] for d, sc in zip(dets, scores, strict=True)]
+                 for spec in required]
+    best = 0.0
+    slots = max(len(dets), n_req)  # indices >= len(dets): left unmatched
+    for assign in itertools.permutations(range(slots), n_req):
+        credit = [credit_of[i][j] if j < len(dets) else 0.0 for i, j in enumerate(assign)]
+        score = 2.0 * sum(credit) / (n_req + n_det)
+        if requirements.relation is not None:
+            a, b = assign
+            ok = a < len(dets) and b < len(dets) and relation_holds(requirements.relation, dets[a].center,
+                                                                    dets[b].center, image_size)
+            score = 0.5 * score + 0.5 * float(ok) * (credit[0] + credit[1]) / 2
+        best = max(best, score)
+    return min(best, 1.0)
+
+
 class CompositionalReward(RewardModel):
-    """Shapes-task verifier as a reward: `mode="strict"` gives 0/1, `"partial"` partial credit in [0, 1].
+    """Shapes-task verifier as a reward: `mode="strict"` gives 0/1, `"partial"` partial credit in [0, 1],
+    `"soft"` partial credit with graded shape scores (`soft_partial`; 1 exactly when strict passes).
 
     Images uint8 `[B, H, W, 3]`, square, 16-128 px; prompts in the shapes grammar (a prompt outside it raises
     ValueError naming it). Deterministic; ~0.3 ms per 24 px image in batches of 64 (one CPU core).
@@ -288,11 +351,11 @@ class CompositionalReward(RewardModel):
     low = 0.0
     high = 1.0
 
-    def __init__(self, mode: Literal["strict", "partial"] = "strict", attribute_credit: float = 0.25,
+    def __init__(self, mode: Literal["strict", "partial", "soft"] = "strict", attribute_credit: float = 0.25,
                  max_color_dist: float | None = None, nonfinite: NonFinitePolicy = "raise") -> None:
         super().__init__(nonfinite)
-        if mode not in ("strict", "partial"):
-            raise ValueError(f"mode must be 'strict' or 'partial', got {mode!r}")
+        if mode not in ("strict", "partial", "soft"):
+            raise ValueError(f"mode must be 'strict', 'partial' or 'soft', got {mode!r}")
         if not 0.0 <= attribute_credit <= 0.5:
             raise ValueError(f"attribute_credit must be in [0, 0.5] (an exact match must outweigh two "
                              f"partial ones), got {attribute_credit}")
@@ -322,4 +385,9 @@ class CompositionalReward(RewardModel):
         verdicts = self.evaluate(images, prompts)
         if self.mode == "strict":
             return np.array([float(v.strict) for v in verdicts])
+        if self.mode == "soft":
+            size = images.shape[1]
+            return np.array([1.0 if v.strict else soft_partial(parse_prompt(p), list(v.detections), size,
+                                                                 self.attribute_credit)
+                             for v, p in zip(verdicts, prompts, strict=True)])
         return np.array([v.partial for v in verdicts])

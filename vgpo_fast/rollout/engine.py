@@ -30,7 +30,9 @@ is untouched. The two pools add up: on C cores give the main thread C - worker_t
 (`torch.set_num_threads`) when the reward is CPU-heavy, or the two oversubscribe the cores. Libraries the reward
 uses on its own (numpy's BLAS, onnxruntime) have their own thread settings, which this cannot reach.
 An in-process CPU reward overlaps the rollout only as far as a core is free for it and its Python glue leaves
-the GIL to the main thread; a reward-server process (async submit) needs neither. On the 2-core development
+the GIL to the main thread; a reward in a child process (`reward.worker: process`,
+`vgpo_fast.rewards.process.ProcessReward`: the worker thread only pickles uint8 images and waits on a pipe) or a
+reward-server process (async submit) needs no GIL. On the 2-core development
 machine, shared with a pretraining job, two GIL-free matmul threads ran no faster than one after the other, so
 `benchmarks/rollout.py` shows no gain there for CompositionalReward and the full gain for a latency-bound reward
 (in-process or behind a loopback server).
@@ -49,6 +51,7 @@ naming the step, chained to the original; every job releases its slot whatever h
 from __future__ import annotations
 
 import concurrent.futures as cf
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -110,6 +113,13 @@ class _Batch:
     max_pending: int = 0
 
 
+# The interpreter's GIL switch interval while an overlapped batch is open (CPython's default is 5 ms). A worker
+# holding the GIL for Python work (the reward's glue, pickling for a reward process) otherwise keeps the main
+# thread waiting up to 5 ms each time it needs the GIL between transformer ops; profiled on the CPU default:
+# overlap efficiency 55-67% at 5 ms, 79% at 0.5 ms (docs/profiling.md).
+GIL_SWITCH_S = 5e-4
+
+
 def _with_step(exc: BaseException, j: int, stage: str, num_steps: int) -> BaseException:
     """`exc`'s type with a message naming the step (RewardError where the type cannot be built from a string)."""
     message = f"reward pipeline: {stage} of step j={j} (of T={num_steps}) failed: {type(exc).__name__}: {exc}"
@@ -139,7 +149,8 @@ class RewardPipeline:
     def __init__(self, reward: RewardModel, decode: Decoder, num_steps: int, *,
                  reward_steps: RewardStepsSpec = "all", overlap: bool = True, max_in_flight: int = 2,
                  intermediate_decode: Decoder | None = None, worker_threads: int = 1,
-                 device: torch.device | str | None = None, async_submit: bool | None = None) -> None:
+                 device: torch.device | str | None = None, async_submit: bool | None = None,
+                 gil_switch_s: float | None = GIL_SWITCH_S) -> None:
         if not isinstance(reward, RewardModel):
             raise ValueError(f"reward must be a RewardModel, got {type(reward).__name__}")
         if not callable(decode):
@@ -161,6 +172,10 @@ class RewardPipeline:
         self.device = None if device is None else torch.device(device)
         self.async_submit = (type(reward).submit is not RewardModel.submit) if async_submit is None \
             else bool(async_submit)
+        if gil_switch_s is not None and not gil_switch_s > 0:
+            raise ValueError(f"gil_switch_s must be None or > 0, got {gil_switch_s!r}")
+        self.gil_switch_s = gil_switch_s
+        self._saved_switch_s: float | None = None
         self._cond = threading.Condition()
         self._batch: _Batch | None = None
         self._executor: cf.ThreadPoolExecutor | None = None
@@ -180,6 +195,9 @@ class RewardPipeline:
             if self._batch is not None:
                 raise ValueError("begin() called while a batch is in progress: finish() or cancel() it first")
             self._batch = _Batch(prompts=list(prompts))
+        if self.overlap and self.gil_switch_s is not None:
+            self._saved_switch_s = sys.getswitchinterval()
+            sys.setswitchinterval(min(self._saved_switch_s, self.gil_switch_s))
         if self._executor is None:
             self._executor = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward-pipeline",
                                                    initializer=self._init_worker)
@@ -248,6 +266,7 @@ class RewardPipeline:
                     raise TimeoutError(f"reward pipeline: steps {waiting} still pending after {timeout} s")
                 self._cond.wait(left)
             self._batch = None
+        self._restore_switch()
         batch.finish_wait_s = time.perf_counter() - t0
         self._raise_error(batch)
         missing = [j for j in self.steps if j not in batch.seen]
@@ -266,6 +285,7 @@ class RewardPipeline:
             while batch is not None and batch.pending:
                 self._cond.wait()
             self._batch = None
+        self._restore_switch()
 
     def close(self) -> None:
         """Cancels the current batch and stops the worker thread (the reward itself is the caller's to close)."""
@@ -286,6 +306,11 @@ class RewardPipeline:
         if batch is None:
             raise ValueError(f"{caller}() called with no batch in progress: call begin(prompts) first")
         return batch
+
+    def _restore_switch(self) -> None:
+        if self._saved_switch_s is not None:
+            sys.setswitchinterval(self._saved_switch_s)
+            self._saved_switch_s = None
 
     def _raise_error(self, batch: _Batch) -> None:
         if batch.errors:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vgpo_fast.models.pipeline import FlowPipeline, pixels_to_unit
+from vgpo_fast.models.pipeline import FlowPipeline, load_task_pipeline, pixels_to_unit
 from vgpo_fast.models.text_encoder import TextEncoder, TextEncoderConfig
 from vgpo_fast.models.transformer import build_transformer, save_transformer, tiny_transformer_config
 from vgpo_fast.tasks.registry import Task, get_task
@@ -52,6 +52,7 @@ class PretrainConfig:
     eval_steps: int = 10
     eval_guidance: float = 3.0
     log_every: int = 50
+    init: str | None = None  # a task model directory to continue from (its pretrain.json is kept as "init_meta")
 
 
 def _lr_at(step: int, cfg: PretrainConfig) -> float:
@@ -186,13 +187,25 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None, log=_LOG) -> dict:
     task = get_task(cfg.task)
     out = task.base_model_dir if out is None else Path(out)
     t0 = time.perf_counter()
-    pipe = build_models(task, cfg.seed)
+    init_meta = None
+    if cfg.init is not None:
+        pipe = load_task_pipeline(cfg.init)
+        pipe.transformer.float()  # the directory holds bf16 weights; train fp32 master weights
+        init_meta = json.loads((Path(cfg.init) / "pretrain.json").read_text())
+        if init_meta.get("task") != task.name:
+            raise ValueError(f"--init {cfg.init} is a {init_meta.get('task')!r} model, not {task.name!r}")
+        if init_meta.get("config", {}).get("seed") == cfg.seed and init_meta.get("config", {}).get("init") is None:
+            log(f"note: --seed {cfg.seed} replays the batches the init model was trained on; another seed draws "
+                "new ones")
+    else:
+        pipe = build_models(task, cfg.seed)
     curve = train_steps(pipe, task, cfg, log)
     train_s = time.perf_counter() - t0
     meta = {"task": task.name, "image_size": list(task.image_size), "config": asdict(cfg),
             "command": "vgpo-fast pretrain " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["pretrain"] else None,
             "data_version": task.data_version, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "train_seconds": round(train_s, 1), "loss_curve": curve}
+            "train_seconds": round(train_s, 1), "loss_curve": curve,
+            **({"init_meta": {k: v for k, v in init_meta.items() if k != "loss_curve"}} if init_meta else {})}
     if cfg.eval_prompts > 0:
         meta["heldout_reward"] = heldout_reward(pipe, task, cfg.eval_prompts, cfg.eval_seeds, cfg.eval_steps,
                                                 cfg.eval_guidance)

@@ -60,15 +60,16 @@ class RolloutConfig:
 class RewardConfig:
     """The reward model and how it runs. `reward` None means the task's reward; `steps` the evaluated steps S
     (SPEC.md section 3): 'all', a stride k or a list; `offset` and `scale` map raw r to (r + offset) * scale.
-    `worker`: score an in-process reward on the engine's worker thread ("thread") or in a child process
-    ("process", `vgpo_fast.rewards.process`: no GIL shared with the rollout; `worker_threads` threads there)."""
+    `worker`: score an in-process reward in a child process ("process", `vgpo_fast.rewards.process`: no GIL
+    shared with the rollout; `worker_threads` threads there; ~2 s to start) or on the engine's worker thread
+    ("thread"). A reward server (`reward` an http URL) is used directly either way."""
 
     reward: str | dict[str, Any] | None = None
     steps: str | int | list[int] = "all"
     overlap: bool = True
     max_in_flight: int = 2
     worker_threads: int = 1
-    worker: Literal["thread", "process"] = "thread"
+    worker: Literal["thread", "process"] = "process"
     offset: float = 0.0
     scale: float = 1.0
     nonfinite: Literal["raise", "drop"] = "raise"
@@ -189,10 +190,6 @@ def validate(cfg: Config) -> Config:
                       "reference: use model.lora or beta 0")
     if cfg.optim.ema and not 0 < cfg.optim.ema_decay < 1:
         errors.append(f"optim.ema_decay must be in (0, 1), got {cfg.optim.ema_decay}")
-    spec = cfg.reward.reward
-    if cfg.reward.worker == "process" and isinstance(spec, str) and spec.strip().startswith(("http://", "https://")):
-        errors.append("reward.worker 'process' runs an in-process reward in a child process; a reward server "
-                      f"({spec}) is one already: use reward.worker 'thread'")
     if not cfg.reward.scale > 0:
         errors.append(f"reward.scale must be > 0, got {cfg.reward.scale}")
     if errors:

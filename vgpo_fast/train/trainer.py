@@ -194,7 +194,8 @@ class Trainer:
             spec = dict(self.task.reward)
         if isinstance(spec, dict):
             spec = {**spec, "nonfinite": self.cfg.reward.nonfinite}
-        if self.cfg.reward.worker == "process":
+        is_server = isinstance(spec, str) and spec.strip().startswith(("http://", "https://"))
+        if self.cfg.reward.worker == "process" and not is_server:
             return ProcessReward(spec, threads=self.cfg.reward.worker_threads, nonfinite=self.cfg.reward.nonfinite)
         return build_reward(spec)
 
