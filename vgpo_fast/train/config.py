@@ -60,16 +60,16 @@ class RolloutConfig:
 class RewardConfig:
     """The reward model and how it runs. `reward` None means the task's reward; `steps` the evaluated steps S
     (SPEC.md section 3): 'all', a stride k or a list; `offset` and `scale` map raw r to (r + offset) * scale.
-    `worker`: score an in-process reward in a child process ("process", `vgpo_fast.rewards.process`: no GIL
-    shared with the rollout; `worker_threads` threads there; ~2 s to start) or on the engine's worker thread
-    ("thread"). A reward server (`reward` an http URL) is used directly either way."""
+    `worker`: score an in-process reward on the engine's worker thread ("thread") or in a child process
+    ("process", `vgpo_fast.rewards.process`: no GIL shared with the rollout, `worker_threads` threads there, ~2 s
+    to start; for rewards with much Python work). A reward server (`reward` an http URL) is used directly."""
 
     reward: str | dict[str, Any] | None = None
     steps: str | int | list[int] = "all"
     overlap: bool = True
     max_in_flight: int = 2
     worker_threads: int = 1
-    worker: Literal["thread", "process"] = "process"
+    worker: Literal["thread", "process"] = "thread"
     offset: float = 0.0
     scale: float = 1.0
     nonfinite: Literal["raise", "drop"] = "raise"
