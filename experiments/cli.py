@@ -26,6 +26,7 @@ def add_experiment_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentP
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--seeds", type=_ints, default=None, help="comma-separated seeds (default: the experiment's)")
     p.add_argument("--iterations", type=int, default=None, help="horizon per run (default: the experiment's)")
+    p.add_argument("--variants", default=None, help="comma-separated subset of the variants to run")
     p.add_argument("--analyze", action="store_true", help="only (re)write the results from the runs on disk")
     p.add_argument("overrides", nargs="*", help="config overrides added to every run, key.sub=value")
     p.set_defaults(handler=run_experiment_command)
@@ -40,11 +41,14 @@ def run_experiment_command(args: argparse.Namespace) -> int:
         return 0
     exp = get_experiment(args.name)
     horizon = args.iterations if args.iterations is not None else exp.iterations
-    runs = plan(exp, Path(args.out), args.seeds, horizon, args.threads, tuple(args.overrides))
+    variants = tuple(v for v in args.variants.split(",") if v) if args.variants else None
+    runs = plan(exp, Path(args.out), args.seeds, horizon, args.threads, tuple(args.overrides), variants)
     if not args.analyze:
         run_all(runs, horizon, jobs=args.jobs, threads=args.threads)
     out_dir = Path(args.out) / exp.name
-    results = analyze(exp, runs)
+    # The results always cover the whole experiment (every variant and seed on disk), whatever this call ran.
+    all_seeds = tuple(sorted(set(exp.seeds) | set(args.seeds or ())))
+    results = analyze(exp, plan(exp, Path(args.out), all_seeds, horizon, args.threads, tuple(args.overrides)))
     paths = write(results, out_dir)
     print((out_dir / "table.md").read_text(), end="")
     if results["missing_runs"]:

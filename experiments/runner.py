@@ -38,12 +38,18 @@ class RunSpec:
 
 
 def plan(exp: Experiment, out: Path, seeds: tuple[int, ...] | None = None, iterations: int | None = None,
-         threads: int = 1, extra: tuple[str, ...] = ()) -> list[RunSpec]:
-    """The runs of `exp` (variants in order, then seeds), each config validated now rather than mid-experiment."""
+         threads: int = 1, extra: tuple[str, ...] = (), variants: tuple[str, ...] | None = None) -> list[RunSpec]:
+    """The runs of `exp` (variants in order, then seeds; `variants` a subset of its labels), each config
+    validated now rather than mid-experiment."""
     seeds = tuple(seeds if seeds is not None else exp.seeds)
     horizon = iterations if iterations is not None else exp.iterations
+    unknown = sorted(set(variants or ()) - set(exp.variants))
+    if unknown:
+        raise ValueError(f"experiment {exp.name!r} has no variants {unknown}; it has {list(exp.variants)}")
     runs = []
     for label, overrides in exp.variants.items():
+        if variants is not None and label not in variants:
+            continue
         for seed in seeds:
             run_dir = out / exp.name / f"{label}-s{seed}"
             full = (*exp.common, *overrides, f"train.seed={seed}", f"train.iterations={horizon}",

@@ -86,6 +86,10 @@ def test_registry_and_plan_errors(tmp_path: Path) -> None:
     assert len(ablation.seeds) >= 3 and len(get_experiment("text").seeds) >= 2
     with pytest.raises(ValueError, match="did you mean 'shapes-sweep'"):
         get_experiment("shapes-swep")
+    subset = plan(ablation, tmp_path, seeds=(0, 1), variants=("vgpo_no_adae",))
+    assert [r.name for r in subset] == ["vgpo_no_adae-s0", "vgpo_no_adae-s1"]
+    with pytest.raises(ValueError, match="no variants \\['vgpo_no_kl'\\]"):
+        plan(ablation, tmp_path, variants=("vgpo_no_kl",))
     with pytest.raises(ValueError, match="algorithm.nme"):  # a bad override fails at planning, not mid-run
         plan(ablation, tmp_path, extra=("algorithm.nme=vgpo",))
     if (get_task("text").base_model_dir / "pretrain.json").is_file():
