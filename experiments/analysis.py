@@ -33,11 +33,12 @@ def spread(values: list[float]) -> dict[str, float | int | None]:
             "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
-def _run_measures(records: list[dict[str, Any]]) -> dict[str, Any]:
+def _run_measures(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """One run's measures; None while it has fewer than two evaluations (the base's and one more)."""
     train = [r for r in records if r["iteration"] >= 0]
     evals = {r["iteration"]: r for r in records if r.get("heldout_reward") is not None}
     if -1 not in evals or len(evals) < 2:
-        raise ValueError("a run needs the base model's evaluation (iteration -1) and at least one more")
+        return None
     first, last = evals[-1], evals[max(evals)]
 
     def mean_of(key: str) -> float | None:
@@ -59,17 +60,18 @@ def _run_measures(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def analyze(exp: Experiment, runs: list[RunSpec]) -> dict[str, Any]:
-    """The experiment's measures (module docstring) from the runs on disk; runs without metrics are listed as
-    missing, not guessed."""
+def analyze(exp: Experiment, runs: list[RunSpec], horizon: int | None = None) -> dict[str, Any]:
+    """The experiment's measures (module docstring) from the runs on disk; runs without metrics, or (with
+    `horizon`) with fewer iterations than it, are listed as missing, not guessed."""
     per_run: dict[str, dict[int, dict[str, Any]]] = {}
     missing = []
     for run in runs:
         path = run.run_dir / "metrics.jsonl"
-        if not path.is_file():
+        measures = _run_measures(read_metrics(path)) if path.is_file() else None
+        if measures is None or (horizon is not None and measures["iterations"] < horizon):
             missing.append(run.name)
             continue
-        per_run.setdefault(run.label, {})[run.seed] = _run_measures(read_metrics(path))
+        per_run.setdefault(run.label, {})[run.seed] = measures
     variants: dict[str, Any] = {}
     for label, seeds in per_run.items():
         its = sorted(set.intersection(*(set(m["curve"]) for m in seeds.values())))

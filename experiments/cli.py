@@ -48,10 +48,11 @@ def run_experiment_command(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) / exp.name
     # The results always cover the whole experiment (every variant and seed on disk), whatever this call ran.
     all_seeds = tuple(sorted(set(exp.seeds) | set(args.seeds or ())))
-    results = analyze(exp, plan(exp, Path(args.out), all_seeds, horizon, args.threads, tuple(args.overrides)))
+    results = analyze(exp, plan(exp, Path(args.out), all_seeds, horizon, args.threads, tuple(args.overrides)),
+                      horizon)
     paths = write(results, out_dir)
     print((out_dir / "table.md").read_text(), end="")
     if results["missing_runs"]:
-        print(f"missing runs (no metrics yet): {', '.join(results['missing_runs'])}")
+        print(f"missing runs (not run, or not at {horizon} iterations yet): {', '.join(results['missing_runs'])}")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

@@ -47,7 +47,8 @@ def test_runs_resume_and_results_match_the_metrics(tmp_path: Path, monkeypatch) 
     assert {status(r, 3) for r in longer} == {"resume"}
     run_all(longer, 3, jobs=2, log=logs.append, poll_s=0.2)
 
-    results = analyze(exp, longer)
+    assert analyze(exp, longer, horizon=4)["missing_runs"] == [r.name for r in longer]  # not at 4 iterations yet
+    results = analyze(exp, longer, horizon=3)
     assert results["missing_runs"] == [] and results["reference"] == "flow_grpo"
     for label in ("flow_grpo", "vgpo"):
         curves = [heldout(out / "tiny" / f"{label}-s{s}") for s in (0, 1)]
