@@ -59,8 +59,10 @@ def iteration_seed(seed: int, iteration: int, stream: int, *index: int) -> int:
 
 
 def _sync(device: torch.device) -> None:
+    # The main stream only: a device-wide synchronize would also wait for the reward pipeline's side stream at
+    # every timed step and undo the overlap of decode with denoising.
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.current_stream(device).synchronize()
 
 
 RolloutProbe = Callable[[str, int, int], contextlib.AbstractContextManager]
