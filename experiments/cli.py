@@ -48,8 +48,9 @@ def run_experiment_command(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) / exp.name
     # The results always cover the whole experiment (every variant and seed on disk), whatever this call ran.
     all_seeds = tuple(sorted(set(exp.seeds) | set(args.seeds or ())))
-    results = analyze(exp, plan(exp, Path(args.out), all_seeds, horizon, args.threads, tuple(args.overrides)),
-                      horizon)
+    if variants is not None or set(all_seeds) != {r.seed for r in runs}:
+        runs = plan(exp, Path(args.out), all_seeds, horizon, args.threads, tuple(args.overrides))
+    results = analyze(exp, runs, horizon)
     paths = write(results, out_dir)
     print((out_dir / "table.md").read_text(), end="")
     if results["missing_runs"]:

@@ -375,19 +375,21 @@ class CompositionalReward(RewardModel):
         if len(prompts) != images.shape[0]:
             raise ValueError(f"prompts must have one entry per image: {images.shape[0]} images, "
                              f"{len(prompts)} prompts")
-        requirements = [parse_prompt(p) for p in prompts]
+        return self._verdicts(images, [parse_prompt(p) for p in prompts])
+
+    def _verdicts(self, images: np.ndarray, requirements: list[Requirements]) -> list[Verdict]:
         detections = detect_objects(images, self.max_color_dist)
         size = images.shape[1]
         return [evaluate_detections(r, d, size, self.attribute_credit)
                 for r, d in zip(requirements, detections, strict=True)]
 
     def _score(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
-        verdicts = self.evaluate(images, prompts)
+        requirements = [parse_prompt(p) for p in prompts]
+        verdicts = self._verdicts(images, requirements)
         if self.mode == "strict":
             return np.array([float(v.strict) for v in verdicts])
         if self.mode == "soft":
             size = images.shape[1]
-            return np.array([1.0 if v.strict else soft_partial(parse_prompt(p), list(v.detections), size,
-                                                                 self.attribute_credit)
-                             for v, p in zip(verdicts, prompts, strict=True)])
+            return np.array([1.0 if v.strict else soft_partial(r, list(v.detections), size, self.attribute_credit)
+                             for v, r in zip(verdicts, requirements, strict=True)])
         return np.array([v.partial for v in verdicts])

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from vgpo_fast.rewards.base import NonFinitePolicy, RewardError, RewardModel
+from vgpo_fast.rewards.registry import is_server_spec
 
 _CHILD_REWARD: RewardModel | None = None  # the reward built in the child process (one per child)
 _CHILD_ERROR: BaseException | None = None  # why building it failed: raised, as itself, by every call
@@ -75,7 +76,7 @@ class ProcessReward(RewardModel):
     def __init__(self, spec: str | Mapping[str, Any], threads: int = 1, nonfinite: NonFinitePolicy = "raise",
                  start_timeout_s: float = 120.0) -> None:
         super().__init__(nonfinite)
-        if isinstance(spec, str) and spec.strip().startswith(("http://", "https://")):
+        if is_server_spec(spec):
             raise ValueError(f"ProcessReward runs an in-process reward in a child process; {spec!r} is a reward "
                              f"server already: use it directly")
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:

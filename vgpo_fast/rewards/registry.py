@@ -114,6 +114,11 @@ def _check_options(factory: Any, options: dict[str, Any], spec: str) -> None:
                              f"(valid: {', '.join(valid)})")
 
 
+def is_server_spec(spec: Any) -> bool:
+    """Whether `spec` names reward-server URLs (a `RewardClient`) rather than a reward built in this process."""
+    return isinstance(spec, str) and spec.strip().startswith(("http://", "https://"))
+
+
 def build_reward(spec: str | Mapping[str, Any] | RewardModel, **overrides: Any) -> RewardModel:
     """A `RewardModel` from `spec` (see the module docstring); `overrides` go over the spec's options."""
     if isinstance(spec, RewardModel):
@@ -123,7 +128,7 @@ def build_reward(spec: str | Mapping[str, Any] | RewardModel, **overrides: Any) 
     name, options = parse_spec(spec)
     options.update(overrides)
     shown = spec if isinstance(spec, str) else json.dumps(dict(spec), default=str)
-    if name.startswith(("http://", "https://")):
+    if is_server_spec(name):
         from vgpo_fast.rewards.client import RewardClient
 
         options["urls"] = [u.strip() for u in name.split(",") if u.strip()]

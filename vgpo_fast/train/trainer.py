@@ -37,7 +37,7 @@ from vgpo_fast.models.pipeline import FlowPipeline, load_task_pipeline
 from vgpo_fast.ops import clipped_policy_loss, sde_log_prob
 from vgpo_fast.rewards.base import RewardError, RewardModel, finite_group_mask
 from vgpo_fast.rewards.process import ProcessReward
-from vgpo_fast.rewards.registry import build_reward
+from vgpo_fast.rewards.registry import build_reward, is_server_spec
 from vgpo_fast.rollout.engine import RewardPipeline
 from vgpo_fast.rollout.sampler import Trajectory, sample_trajectories
 from vgpo_fast.rollout.schedule import reward_steps
@@ -196,8 +196,7 @@ class Trainer:
             spec = dict(self.task.reward)
         if isinstance(spec, dict):
             spec = {**spec, "nonfinite": self.cfg.reward.nonfinite}
-        is_server = isinstance(spec, str) and spec.strip().startswith(("http://", "https://"))
-        if self.cfg.reward.worker == "process" and not is_server:
+        if self.cfg.reward.worker == "process" and not is_server_spec(spec):
             return ProcessReward(spec, threads=self.cfg.reward.worker_threads, nonfinite=self.cfg.reward.nonfinite)
         return build_reward(spec)
 
