@@ -15,7 +15,7 @@ from vgpo_fast.experiments.analysis import analyze, table, write  # noqa: E402
 from vgpo_fast.experiments.registry import EXPERIMENTS, Experiment, get_experiment  # noqa: E402
 from vgpo_fast.experiments.runner import plan, run_all, status  # noqa: E402
 
-from vgpo_fast.tasks.registry import get_task  # noqa: E402
+from vgpo_fast.tasks import registry as task_registry  # noqa: E402
 
 TRAIN_DIR = str(Path(__file__).resolve().parents[1] / "train")
 
@@ -80,7 +80,7 @@ def test_a_failing_run_is_reported_with_its_log_and_the_others_finish(tmp_path: 
     assert "NoSuchReward" in (tmp_path / "exp" / "tiny" / "logs" / "bad-s0.log").read_text()
 
 
-def test_registry_and_plan_errors(tmp_path: Path) -> None:
+def test_registry_and_plan_errors(tmp_path: Path, monkeypatch) -> None:
     assert set(EXPERIMENTS) == {"shapes-ablation", "text", "shapes-sweep"}
     ablation = get_experiment("shapes-ablation")
     assert list(ablation.variants) == ["flow_grpo", "vgpo", "vgpo_no_tcrm", "vgpo_no_adae"]
@@ -93,7 +93,6 @@ def test_registry_and_plan_errors(tmp_path: Path) -> None:
         plan(ablation, tmp_path, variants=("vgpo_no_kl",))
     with pytest.raises(ValueError, match="algorithm.nme"):  # a bad override fails at planning, not mid-run
         plan(ablation, tmp_path, extra=("algorithm.nme=vgpo",))
-    if (get_task("text").base_model_dir / "pretrain.json").is_file():
-        pytest.skip("the text task's base model is shipped: nothing to refuse")
+    monkeypatch.setattr(task_registry, "_TASK_DIR", tmp_path)  # as if the text task's base model were absent
     with pytest.raises(FileNotFoundError, match="vgpo-fast pretrain --task text"):
         plan(get_experiment("text"), tmp_path)

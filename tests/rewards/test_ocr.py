@@ -129,6 +129,16 @@ def test_correct_text_scores_near_one(ocr, size):
     assert scores.mean() >= 0.95
 
 
+def test_the_text_tasks_ground_truth_scores_near_one(ocr):
+    """The text task's own renderer (16 x 64, one 8 px cell per character): what its base model learns to draw."""
+    from vgpo_fast.tasks.registry import get_task
+
+    task = get_task("text")
+    prompts = [make_prompt(w) for w in WORDS_UNDER_TEST]
+    scores = ocr.score(task.render(prompts, [0] * len(prompts)), prompts)
+    assert scores.mean() >= 0.95, list(zip(WORDS_UNDER_TEST, scores.tolist(), strict=True))
+
+
 def test_wrong_text_and_blank_images_score_near_zero(ocr):
     wrong = render_batch(["cat", "sun", "lion", "frog"])
     prompts = [make_prompt(w) for w in ["dog", "key", "bath", "milk"]]  # no letter in the same place

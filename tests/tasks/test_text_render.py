@@ -84,6 +84,29 @@ def test_long_text_shrinks_to_fit():
     assert ink_cols.min() >= 8 - 1 and ink_cols.max() <= 128 - 8
 
 
+def test_cell_layout_puts_character_i_in_cell_i_at_one_font_size():
+    # 64 px wide, 8 cells of 8 px: each character's ink is centred on its cell (a glyph may overhang by a pixel or
+    # two, as 'm' and 'w' are 9 px wide at 10 px); the same letter looks the same in every word and every cell.
+    for word in ("cat", "elephant", "umbrella"):
+        image = render_text(word, size=(16, 64), cells=8)
+        assert image.shape == (16, 64, 3)
+        ink = (image < 128).any(axis=(0, 2))
+        assert not ink[8 * len(word) + 1:].any(), word  # nothing right of the last character's cell
+    # A narrow letter in every cell: eight separate ink runs, each centred on its cell.
+    ink = (render_text("llllllll", size=(16, 64), cells=8) < 128).any(axis=(0, 2))
+    for i in range(8):
+        cols = np.flatnonzero(ink[8 * i: 8 * i + 8]) + 8 * i
+        assert cols.size and abs((cols.min() + cols.max()) / 2 - (8 * i + 3.5)) <= 1.0, (i, cols)
+    a_alone = render_text("a", size=(16, 64), cells=8)[:, 0:8]
+    np.testing.assert_array_equal(render_text("apple", size=(16, 64), cells=8)[:, 0:8], a_alone)
+    np.testing.assert_array_equal(render_text("baby", size=(16, 64), cells=8)[:, 8:16], a_alone)
+    assert render_text("cat", size=(16, 64), cells=8).tobytes() == render_text("cat", size=(16, 64), cells=8).tobytes()
+    with pytest.raises(ValueError, match="more than the 8 cells"):
+        render_text("notebooks", size=(16, 64), cells=8)
+    with pytest.raises(ValueError, match="cells must be a positive int"):
+        render_text("cat", cells=0)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"text": ""}, "non-empty single-line"),
     ({"text": "two\nlines"}, "non-empty single-line"),

@@ -97,6 +97,7 @@ def _text() -> Task:
     from vgpo_fast.tasks.text import make_prompt, render_batch, words
 
     size = (16, 64)
+    cells = max(len(w) for w in words("all"))  # 8: one 8 px cell per character, fixed pitch
     train = {"words": tuple(make_prompt(w) for w in words("train"))}
     held_out = {"words": tuple(make_prompt(w) for w in words("heldout"))}
 
@@ -104,7 +105,7 @@ def _text() -> Task:
         from vgpo_fast.tasks.text import target_text
 
         del seeds  # one rendering per word: the text task's ground truth has no layout randomness
-        return render_batch([target_text(p) for p in prompts], size=size)
+        return render_batch([target_text(p) for p in prompts], size=size, cells=cells)
 
     return Task(
         name="text", image_size=size, train=train, held_out=held_out, render=render,

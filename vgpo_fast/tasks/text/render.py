@@ -91,12 +91,18 @@ def render_text(
     bg: Sequence[int] = DEFAULT_BG,
     font_frac: float = 0.625,
     margin_frac: float = 0.0625,
+    cells: int | None = None,
 ) -> np.ndarray:
-    """`text` drawn as one centred line; uint8 `[H, W, 3]` with `size = (H, W)` in pixels.
+    """`text` drawn as one line; uint8 `[H, W, 3]` with `size = (H, W)` in pixels.
 
-    The font size starts at `font_frac * H` px and shrinks until the text's ink fits inside a horizontal margin of
-    `margin_frac * W` px on each side. The baseline sits where a reference string with ascenders and descenders
-    would be vertically centred, so every word shares one baseline at a given size.
+    Default layout (`cells=None`): one centred line; the font size starts at `font_frac * H` px and shrinks until
+    the text's ink fits inside a horizontal margin of `margin_frac * W` px on each side.
+    Cell layout (`cells=n`): the width is cut into `n` equal cells and character i is centred in cell i at the
+    fixed font size `font_frac * H` px, whatever the word's length (a fixed pitch: character i always lands in the
+    same columns, which a tiny generator learns far faster than a centred, length-dependent layout); text longer
+    than `n` characters is an error.
+    The baseline sits where a reference string with ascenders and descenders would be vertically centred, so every
+    word shares one baseline at a given size.
     """
     if not isinstance(text, str) or not text or "\n" in text:
         raise ValueError(f"text must be a non-empty single-line string, got {text!r}")
@@ -108,6 +114,8 @@ def render_text(
     if not 0.0 <= margin_frac < 0.5:
         raise ValueError(f"margin_frac must be in [0, 0.5), got {margin_frac}")
     fg_rgb, bg_rgb = _check_colour("fg", fg), _check_colour("bg", bg)
+    if cells is not None:
+        return _render_cells(text, height, width, fg_rgb, bg_rgb, font_frac, cells)
 
     max_ink_width = width - 2 * round(margin_frac * width)
     font_size = max(4, round(font_frac * height))
@@ -116,13 +124,32 @@ def render_text(
         font_size -= 1
         left, _, right, _ = _font(font_size).getbbox(text, anchor="ls")
     font = _font(font_size)
-    top = font.getbbox("Hdlk", anchor="ls")[1]
-    bottom = font.getbbox("gjpqy", anchor="ls")[3]
     x = (width - (right - left)) // 2 - left
-    baseline = (height - (bottom - top)) // 2 - top
+    baseline = _baseline(font, height)
 
     image = Image.new("RGB", (width, height), bg_rgb)
     ImageDraw.Draw(image).text((x, baseline), text, fill=fg_rgb, font=font, anchor="ls")
+    return np.asarray(image, dtype=np.uint8).copy()
+
+
+def _baseline(font: ImageFont.FreeTypeFont, height: int) -> int:
+    top = font.getbbox("Hdlk", anchor="ls")[1]
+    bottom = font.getbbox("gjpqy", anchor="ls")[3]
+    return (height - (bottom - top)) // 2 - top
+
+
+def _render_cells(text: str, height: int, width: int, fg: tuple[int, int, int], bg: tuple[int, int, int],
+                  font_frac: float, cells: int) -> np.ndarray:
+    if not isinstance(cells, int) or cells < 1:
+        raise ValueError(f"cells must be a positive int, got {cells!r}")
+    if len(text) > cells:
+        raise ValueError(f"text {text!r} has {len(text)} characters, more than the {cells} cells of the layout")
+    font = _font(max(4, round(font_frac * height)))
+    baseline = _baseline(font, height)
+    image = Image.new("RGB", (width, height), bg)
+    draw = ImageDraw.Draw(image)
+    for i, char in enumerate(text):
+        draw.text(((i + 0.5) * width / cells, baseline), char, fill=fg, font=font, anchor="ms")
     return np.asarray(image, dtype=np.uint8).copy()
 
 
