@@ -98,9 +98,8 @@ def render_text(
     Default layout (`cells=None`): one centred line; the font size starts at `font_frac * H` px and shrinks until
     the text's ink fits inside a horizontal margin of `margin_frac * W` px on each side.
     Cell layout (`cells=n`): the width is cut into `n` equal cells and character i is centred in cell i at the
-    fixed font size `font_frac * H` px, whatever the word's length (a fixed pitch: character i always lands in the
-    same columns, which a tiny generator learns far faster than a centred, length-dependent layout); text longer
-    than `n` characters is an error.
+    fixed font size `font_frac * H` px (a fixed pitch: character i lands in the same columns at the same size
+    whatever the word's length); text longer than `n` characters is an error.
     The baseline sits where a reference string with ascenders and descenders would be vertically centred, so every
     word shares one baseline at a given size.
     """
