@@ -49,6 +49,24 @@ def test_shipped_shapes_base_model_loads_and_samples() -> None:
     assert float((corners - 128 / 255).abs().mean()) < 0.1
 
 
+def test_shipped_text_base_model_loads_and_samples() -> None:
+    task = get_task("text")
+    meta = json.loads((task.base_model_dir / "pretrain.json").read_text())
+    assert meta["data_version"] == task.data_version, "the renderer or words changed: re-run `vgpo-fast pretrain`"
+    assert meta["image_size"] == list(task.image_size)
+    pipe = load_task_pipeline(task.base_model_dir)
+    prompts = ['an image with the text "cat"', 'an image with the text "elephant"']
+    images = sample_images(pipe, prompts, [0, 1], steps=6)
+    assert images.shape == (2, 3, *task.image_size)
+    assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+    # The renderer's layout, learned: white paper, dark ink in the cells the word fills (8 px per character) and
+    # none in the cells a short word leaves empty.
+    gray = images.mean(dim=1)  # [2, 16, 64]
+    assert float(gray[:, [0, -1]].mean()) > 0.9  # top and bottom rows
+    assert float(gray[0, :, :24].min()) < 0.5 and float(gray[1, :, 40:].min()) < 0.5  # ink where the letters go
+    assert float(gray[0, :, 32:].mean()) > 0.95  # "cat" fills 3 of 8 cells
+
+
 def test_save_task_model_round_trip(tmp_path) -> None:
     task = get_task("shapes")
     pipe = build_models(task, seed=0)
