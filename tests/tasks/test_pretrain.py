@@ -35,12 +35,17 @@ def test_pretrain_batches_depend_only_on_the_seed() -> None:
     assert losses[0] == losses[1]
 
 
-def test_shipped_shapes_base_model_loads_and_samples() -> None:
-    task = get_task("shapes")
+def _load_shipped(name: str):
+    """The task and its shipped base model, after checking that the model matches the task's current data."""
+    task = get_task(name)
     meta = json.loads((task.base_model_dir / "pretrain.json").read_text())
-    assert meta["data_version"] == task.data_version, "the renderer or prompts changed: re-run `vgpo-fast pretrain`"
+    assert meta["data_version"] == task.data_version, f"the {name} data changed: re-run `vgpo-fast pretrain`"
     assert meta["image_size"] == list(task.image_size)
-    pipe = load_task_pipeline(task.base_model_dir)
+    return task, load_task_pipeline(task.base_model_dir)
+
+
+def test_shipped_shapes_base_model_loads_and_samples() -> None:
+    task, pipe = _load_shipped("shapes")
     images = sample_images(pipe, ["a red circle", "two blue squares"], [0, 1], steps=4)
     assert images.shape == (2, 3, *task.image_size)
     assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
@@ -50,11 +55,7 @@ def test_shipped_shapes_base_model_loads_and_samples() -> None:
 
 
 def test_shipped_text_base_model_loads_and_samples() -> None:
-    task = get_task("text")
-    meta = json.loads((task.base_model_dir / "pretrain.json").read_text())
-    assert meta["data_version"] == task.data_version, "the renderer or words changed: re-run `vgpo-fast pretrain`"
-    assert meta["image_size"] == list(task.image_size)
-    pipe = load_task_pipeline(task.base_model_dir)
+    task, pipe = _load_shipped("text")
     prompts = ['an image with the text "cat"', 'an image with the text "elephant"']
     images = sample_images(pipe, prompts, [0, 1], steps=6)
     assert images.shape == (2, 3, *task.image_size)
