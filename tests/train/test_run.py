@@ -58,7 +58,11 @@ def test_sigkill_mid_iteration_then_resume_matches_uninterrupted_run(model_dir: 
         assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
         assert time.monotonic() < deadline, "the run never wrote its second checkpoint"
         time.sleep(0.02)
-    time.sleep(0.3)  # into iteration 2's rollout or update
+    # Into iteration 2's rollout or update: half an iteration of the uninterrupted run (a fixed pause overshot
+    # whole iterations on an idle machine).
+    totals = [r["timings"]["total"] for r in map(json.loads, (tmp_path / "full" / "metrics.jsonl").read_text()
+                                                 .splitlines()) if r["iteration"] >= 0]
+    time.sleep(0.5 * sorted(totals)[len(totals) // 2])
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
