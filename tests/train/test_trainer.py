@@ -189,6 +189,20 @@ def test_same_iteration_replays_exactly() -> None:
     assert torch.equal(ba.latents, bb.latents)
 
 
+def test_shared_init_noise_gives_each_group_one_start_and_distinct_samples() -> None:
+    """`rollout.shared_init_noise`: the G trajectories of a prompt start from one x_T (DanceGRPO), the prompts'
+    starts differ, and the SDE still makes the group's final samples differ."""
+    trainer = make_trainer("rollout.shared_init_noise=true")
+    batch = trainer.rollout(0)
+    trainer.close()
+    G = trainer.cfg.rollout.group_size
+    starts = batch.latents[0].reshape(-1, G, *batch.latents.shape[2:])
+    assert torch.equal(starts, starts[:, :1].expand_as(starts))
+    assert not torch.equal(starts[0, 0], starts[1, 0])
+    finals = batch.latents[-1].reshape(-1, G, *batch.latents.shape[2:])
+    assert (finals[:, 0] - finals[:, 1]).abs().amax() > 1e-3
+
+
 def test_config_errors_are_clear() -> None:
     with pytest.raises(ConfigError, match=r"did you mean 'rollout\.guidance_scale'"):
         load(None, ["rollout.gudance_scale=3"])

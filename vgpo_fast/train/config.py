@@ -42,7 +42,9 @@ class ModelConfig:
 
 @dataclass
 class RolloutConfig:
-    """The sampler: T steps of the shifted schedule, CFG, the SDE (on all steps or a window)."""
+    """The sampler: T steps of the shifted schedule, CFG, the SDE (on all steps or a window).
+    `shared_init_noise`: the G samples of a prompt start from one initial noise (DanceGRPO's choice), so that
+    within a group the rewards differ only through the SDE noise the policy is trained on."""
 
     steps: int = 10
     shift: float = 3.0
@@ -54,6 +56,7 @@ class RolloutConfig:
     group_size: int = 8
     chunk_size: int | None = 64
     reduce: Literal["mean", "sum"] = "mean"
+    shared_init_noise: bool = False
 
 
 @dataclass

@@ -256,7 +256,10 @@ class Trainer:
         prompts = [p for p in self.sample_prompts(iteration) for _ in range(G)]
         N = len(prompts)
         gen_init = torch.Generator().manual_seed(iteration_seed(cfg.train.seed, iteration, 1))
-        x_init = torch.randn((N, *self.pipe.latent_shape), generator=gen_init)
+        if cfg.rollout.shared_init_noise:  # one x_T per prompt, repeated over its group
+            x_init = torch.randn((N // G, *self.pipe.latent_shape), generator=gen_init).repeat_interleave(G, dim=0)
+        else:
+            x_init = torch.randn((N, *self.pipe.latent_shape), generator=gen_init)
         chunk = cfg.rollout.chunk_size or G
         timer = _Timer(self.device)
         latents, logps, rewards, rtimes = [], [], [], []
