@@ -43,7 +43,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--init", default=None, help="continue from this task model directory (default: from scratch)")
     defaults = PretrainConfig()
-    for name in ("steps", "batch_size", "lr", "warmup", "seed", "eval_prompts", "eval_seeds"):
+    for name in ("steps", "batch_size", "lr", "warmup", "seed", "caption_noise", "eval_prompts", "eval_seeds"):
         value = getattr(defaults, name)
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(value), default=None,
                        help=f"default {value}")

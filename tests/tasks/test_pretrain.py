@@ -35,6 +35,26 @@ def test_pretrain_batches_depend_only_on_the_seed() -> None:
     assert losses[0] == losses[1]
 
 
+def test_caption_noise_redraws_only_the_noisy_images() -> None:
+    """With caption noise the prompts (the conditioning) and the other images are those of the clean batch;
+    about the requested fraction of images is drawn from another scene. A task without miscaptions refuses."""
+    import numpy as np
+
+    from vgpo_fast.tasks.pretrain import _batch, pretrain
+
+    task = get_task("shapes")
+    clean = _batch(task, PretrainConfig(batch_size=256, prompt_dropout=0.0), np.random.default_rng(5))
+    noisy = _batch(task, PretrainConfig(batch_size=256, prompt_dropout=0.0, caption_noise=0.4),
+                   np.random.default_rng(5))
+    assert clean[0] == noisy[0]
+    changed = (clean[1] != noisy[1]).flatten(1).any(dim=1).float().mean().item()
+    assert 0.25 < changed < 0.5, changed
+    with pytest.raises(ValueError, match="miscaption"):
+        pretrain(PretrainConfig(task="text", caption_noise=0.2))
+    with pytest.raises(ValueError, match="caption_noise"):
+        pretrain(PretrainConfig(caption_noise=1.0))
+
+
 def _load_shipped(name: str):
     """The task and its shipped base model, after checking that the model matches the task's current data."""
     task = get_task(name)

@@ -12,6 +12,7 @@ from vgpo_fast.tasks.shapes.prompts import (
     category_of,
     category_prompts,
     format_prompt,
+    miscaptioned,
     parse_prompt,
     sample_prompts,
     split_prompts,
@@ -199,6 +200,25 @@ def test_near_misses_change_the_scene_set():
     assert "swap_colors" not in near_miss_kinds(parse_prompt("a red circle and a blue circle"))
     with pytest.raises(ValueError, match="kind"):
         near_miss(parse_prompt("a red circle"), "side")
+
+
+def test_miscaptioned_scenes_fail_the_original_prompt_and_keep_its_shapes():
+    """Caption noise for pretraining: the scene drawn for a miscaptioned prompt fails the original prompt (the
+    strict verifier is the judge), is one of the allowed mistakes (never a different shape), and fits 16 px."""
+    from vgpo_fast.rewards.compositional import CompositionalReward
+
+    verifier = CompositionalReward(mode="strict")
+    rng = np.random.default_rng(0)
+    prompts = [p for ps in split_prompts().train.values() for p in ps[:12]]
+    noisy = [miscaptioned(p, rng) for p in prompts]
+    images = render_prompts(noisy, list(range(len(noisy))), 16)
+    assert verifier.score(images, noisy).mean() == 1.0  # the noisy prompt describes what is drawn
+    assert verifier.score(images, prompts).max() == 0.0  # and the original prompt never does
+    for p, q in zip(prompts, noisy, strict=True):
+        assert {o.shape for o in parse_prompt(q).objects} == {o.shape for o in parse_prompt(p).objects}, (p, q)
+        assert len(parse_prompt(q).objects) <= 4
+    assert [miscaptioned(p, 7) for p in prompts] == [miscaptioned(p, 7) for p in prompts]
+    assert miscaptioned("a red circle", 0, kinds=("side",)) == "a red circle"  # no kind applies: unchanged
 
 
 def test_shapes_constant_order():

@@ -45,6 +45,7 @@ class PretrainConfig:
     min_lr_frac: float = 0.05
     weight_decay: float = 0.01
     prompt_dropout: float = 0.1
+    caption_noise: float = 0.0  # fraction of images drawn from a miscaptioned prompt (`Task.miscaption`)
     bf16: bool = True
     seed: int = 0
     eval_prompts: int = 64
@@ -75,7 +76,11 @@ def build_models(task: Task, seed: int) -> FlowPipeline:
 def _batch(task: Task, cfg: PretrainConfig, rng: np.random.Generator) -> tuple[list[str], torch.Tensor]:
     prompts = sample_prompts(task.train, cfg.batch_size, rng)
     seeds = rng.integers(0, 2**31 - 1, size=cfg.batch_size).tolist()
-    x0 = pixels_to_unit(torch.from_numpy(task.render(prompts, seeds)))
+    drawn = prompts
+    if cfg.caption_noise > 0:  # draws nothing from rng when off, so earlier models' batches replay exactly
+        noisy = rng.random(cfg.batch_size) < cfg.caption_noise
+        drawn = [task.miscaption(p, rng) if n else p for p, n in zip(prompts, noisy, strict=True)]
+    x0 = pixels_to_unit(torch.from_numpy(task.render(drawn, seeds)))
     drop = rng.random(cfg.batch_size) < cfg.prompt_dropout
     return [("" if d else p) for p, d in zip(prompts, drop, strict=True)], x0
 
@@ -185,6 +190,10 @@ _LOG = partial(print, flush=True)
 def pretrain(cfg: PretrainConfig, out: Path | None = None, log=_LOG) -> dict:
     """Pretrain `cfg.task`'s base model and write it to `out` (default: the task's shipped directory)."""
     task = get_task(cfg.task)
+    if not 0 <= cfg.caption_noise < 1:
+        raise ValueError(f"caption_noise must be in [0, 1), got {cfg.caption_noise}")
+    if cfg.caption_noise > 0 and task.miscaption is None:
+        raise ValueError(f"caption_noise > 0 needs a task that can miscaption its prompts; {task.name!r} cannot")
     out = task.base_model_dir if out is None else Path(out)
     t0 = time.perf_counter()
     init_meta = None

@@ -33,6 +33,8 @@ class Task:
     reward / eval_reward: `build_reward` specs; RL trains on `reward`, held-out numbers use `eval_reward`.
     text_level / max_length: the task text encoder's tokenizer; vocab: every token of every prompt.
     model: `tiny_transformer_config` keyword arguments (without image_size).
+    miscaption(prompt, rng) -> the prompt of a scene that `prompt` describes with one mistake (pretraining's
+    `caption_noise`: a noisy caption); None when the task has none.
     data_version: changes whenever the prompts, split or renderer output change.
     """
 
@@ -46,6 +48,7 @@ class Task:
     text_level: str
     max_length: int
     model: dict[str, Any] = field(default_factory=dict)
+    miscaption: Callable[[str, np.random.Generator], str] | None = None
 
     @property
     def base_model_dir(self) -> Path:
@@ -80,7 +83,7 @@ class Task:
 
 
 def _shapes() -> Task:
-    from vgpo_fast.tasks.shapes import render_prompts, split_prompts
+    from vgpo_fast.tasks.shapes import miscaptioned, render_prompts, split_prompts
 
     split = split_prompts()
     size = 16
@@ -90,6 +93,7 @@ def _shapes() -> Task:
         reward={"name": "shapes", "mode": "partial"}, eval_reward={"name": "shapes", "mode": "strict"},
         text_level="word", max_length=16,
         model={"patch_size": 2, "width": 128, "layers": 6, "heads": 2, "text_dim": 128, "pooled_dim": 128},
+        miscaption=miscaptioned,
     )
 
 

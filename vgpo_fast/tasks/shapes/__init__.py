@@ -13,6 +13,7 @@ from .prompts import (
     category_of,
     category_prompts,
     format_prompt,
+    miscaptioned,
     parse_prompt,
     sample_prompts,
     split_prompts,
@@ -35,6 +36,6 @@ from .scene import (
 __all__ = [
     "CATEGORIES", "COLORS", "DEFAULT_IMAGE_SIZE", "PALETTE", "SHAPES", "ObjectSpec", "PromptSplit",
     "Requirements", "Scene", "SceneObject", "all_prompts", "category_of", "category_prompts", "format_prompt",
-    "near_miss", "near_miss_kinds", "parse_prompt", "render", "render_batch", "render_prompts",
+    "miscaptioned", "near_miss", "near_miss_kinds", "parse_prompt", "render", "render_batch", "render_prompts",
     "sample_prompt_scene", "sample_prompts", "sample_scene", "split_prompts",
 ]

@@ -33,13 +33,26 @@ from functools import lru_cache
 
 import numpy as np
 
-from .scene import COLORS, OPPOSITE_RELATION, RELATIONS, SHAPES, ObjectSpec, Requirements, as_rng
+from .scene import (
+    COLORS,
+    OPPOSITE_RELATION,
+    RELATIONS,
+    SHAPES,
+    ObjectSpec,
+    Requirements,
+    as_rng,
+    near_miss,
+    near_miss_kinds,
+)
 
 CATEGORIES: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 NUMBER_WORDS: dict[int, str] = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 COUNTING_RANGE: tuple[int, ...] = (2, 3, 4)
 DEFAULT_HELD_OUT_FRACTION = 0.2
 DEFAULT_SPLIT_SALT = "shapes-v1"
+# The mistakes a noisy caption makes (`miscaptioned`): attributes a scene's layout decides; a wrong shape is not
+# among them, so that caption noise leaves the model's drawing of shapes alone.
+CAPTION_NOISE_KINDS: tuple[str, ...] = ("color", "count_plus", "count_minus", "side", "swap_colors")
 
 _WORD_NUMBERS = {"a": 1, **{w: n for n, w in NUMBER_WORDS.items()}}
 _PHRASE = re.compile(r"^(?P<num>\w+) (?P<color>\w+) (?P<shape>\w+?)(?P<plural>s?)$")
@@ -211,3 +224,18 @@ def sample_prompts(prompts: Mapping[str, Sequence[str]], n: int,
         pool = prompts[categories[c]]
         out.append(pool[int(u * len(pool))])
     return out
+
+
+def miscaptioned(prompt: str, rng: np.random.Generator | int = 0,
+                 kinds: Sequence[str] = CAPTION_NOISE_KINDS) -> str:
+    """A prompt for a scene that `prompt` describes wrongly by one mistake of `kinds` (drawn uniformly among those
+    that apply; see `near_miss`; never more objects than the counting range, which is what fits the image):
+    pretraining on (prompt, scene of the result) pairs is pretraining on noisy
+    captions, as web alt-text is. Returns `prompt` itself when no kind applies."""
+    requirements = parse_prompt(prompt)
+    applicable = [k for k in near_miss_kinds(requirements) if k in kinds
+                  and not (k == "count_plus" and len(requirements.objects) >= max(COUNTING_RANGE))]
+    if not applicable:
+        return prompt
+    rng = as_rng(rng)
+    return format_prompt(near_miss(requirements, applicable[int(rng.integers(len(applicable)))], rng))
