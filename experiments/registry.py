@@ -45,10 +45,11 @@ EXPERIMENTS: dict[str, Experiment] = {
         Experiment(
             "text",
             "Text task (OCR reward): Flow-GRPO vs VGPO, 4 prompts x 8 samples per iteration, 30 iterations "
-            "(a 16x64 image is 256 tokens, 4x a shapes image: the budget that fits about 10 minutes a run)",
+            "(a 16x64 image is 256 tokens, 4x a shapes image: the budget that fits about 10 minutes a run), CFG 3",
             {k: v for k, v in _ABLATION.items() if k in ("flow_grpo", "vgpo")},
             seeds=(0, 1), iterations=30,
-            common=("model.task=text", "rollout.prompts_per_iter=4", "run.eval_prompts=34", "run.eval_seeds=2")),
+            common=("model.task=text", "rollout.prompts_per_iter=4", "run.eval_prompts=34", "run.eval_seeds=2",
+                    "rollout.guidance_scale=3.0")),
         Experiment(
             "shapes-sweep",
             "Shapes task, VGPO: the anchor weight k (gamma 0.9) and the discount gamma (k 0.1), one at a time",

@@ -51,7 +51,7 @@ class RolloutConfig:
     noise_level: float = 0.7
     sde_type: Literal["flow_grpo", "cps"] = "flow_grpo"
     sde_window: list[int] | None = field(default_factory=lambda: [0, 5])
-    guidance_scale: float = 3.0
+    guidance_scale: float = 1.0
     prompts_per_iter: int = 8
     group_size: int = 8
     chunk_size: int | None = 64
