@@ -36,8 +36,9 @@ def test_pretrain_batches_depend_only_on_the_seed() -> None:
 
 
 def test_caption_noise_redraws_only_the_noisy_images() -> None:
-    """With caption noise the prompts (the conditioning) and the other images are those of the clean batch;
-    about the requested fraction of images is drawn from another scene. A task without miscaptions refuses."""
+    """With caption noise the prompts (the conditioning) are those of the clean batch and about the requested
+    fraction of its images is redrawn from another scene. A task without miscaptions, or a fraction outside
+    [0, 1), is refused."""
     import numpy as np
 
     from vgpo_fast.tasks.pretrain import _batch, pretrain
