@@ -62,12 +62,16 @@ def _run_measures(records: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def analyze(exp: Experiment, runs: list[RunSpec], horizon: int | None = None) -> dict[str, Any]:
     """The experiment's measures (module docstring) from the runs on disk; runs without metrics, or (with
-    `horizon`) with fewer iterations than it, are listed as missing, not guessed."""
+    `horizon`) with fewer iterations than it, are listed as missing, not guessed. With `horizon`, records of
+    later iterations are ignored: runs extended to a longer horizon still give the shorter one's results."""
     per_run: dict[str, dict[int, dict[str, Any]]] = {}
     missing = []
     for run in runs:
         path = run.run_dir / "metrics.jsonl"
-        measures = _run_measures(read_metrics(path)) if path.is_file() else None
+        records = read_metrics(path) if path.is_file() else []
+        if horizon is not None:
+            records = [r for r in records if r["iteration"] < horizon]
+        measures = _run_measures(records) if records else None
         if measures is None or (horizon is not None and measures["iterations"] < horizon):
             missing.append(run.name)
             continue

@@ -42,12 +42,14 @@ def test_runs_resume_and_results_match_the_metrics(tmp_path: Path, monkeypatch) 
     assert all(status(r, 2) == "done" for r in runs)
     run_all(runs, 2, jobs=2, log=logs.append)
     assert logs[-1].startswith("4 of 4 runs already done")
+    at_two = analyze(exp, runs, horizon=2)
 
     longer = plan(exp, out, iterations=3)  # a longer horizon continues every run from its checkpoint
     assert {status(r, 3) for r in longer} == {"resume"}
     run_all(longer, 3, jobs=2, log=logs.append, poll_s=0.2)
 
     assert analyze(exp, longer, horizon=4)["missing_runs"] == [r.name for r in longer]  # not at 4 iterations yet
+    assert analyze(exp, longer, horizon=2) == at_two  # the shorter horizon's results survive the extension
     results = analyze(exp, longer, horizon=3)
     assert results["missing_runs"] == [] and results["reference"] == "flow_grpo"
     for label in ("flow_grpo", "vgpo"):
