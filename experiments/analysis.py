@@ -71,7 +71,7 @@ def analyze(exp: Experiment, runs: list[RunSpec], horizon: int | None = None) ->
         records = read_metrics(path) if path.is_file() else []
         if horizon is not None:
             records = [r for r in records if r["iteration"] < horizon]
-        measures = _run_measures(records) if records else None
+        measures = _run_measures(records)  # None without the base's evaluation and one more
         if measures is None or (horizon is not None and measures["iterations"] < horizon):
             missing.append(run.name)
             continue

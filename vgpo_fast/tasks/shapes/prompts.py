@@ -229,9 +229,9 @@ def sample_prompts(prompts: Mapping[str, Sequence[str]], n: int,
 def miscaptioned(prompt: str, rng: np.random.Generator | int = 0,
                  kinds: Sequence[str] = CAPTION_NOISE_KINDS) -> str:
     """A prompt for a scene that `prompt` describes wrongly by one mistake of `kinds` (drawn uniformly among those
-    that apply; see `near_miss`; never more objects than the counting range, which is what fits the image):
-    pretraining on (prompt, scene of the result) pairs is pretraining on noisy
-    captions, as web alt-text is. Returns `prompt` itself when no kind applies."""
+    that apply; see `near_miss`; never more objects than the counting range, which is what fits the image).
+    Pretraining on (prompt, scene of the result) pairs is pretraining on noisy captions, as web alt-text is.
+    Returns `prompt` itself when no kind applies."""
     requirements = parse_prompt(prompt)
     applicable = [k for k in near_miss_kinds(requirements) if k in kinds
                   and not (k == "count_plus" and len(requirements.objects) >= max(COUNTING_RANGE))]
