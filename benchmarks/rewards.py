@@ -76,7 +76,7 @@ def noise_inputs_512(n: int) -> tuple[np.ndarray, list[str]]:
 REWARDS: dict[str, tuple[str, Callable[[int], tuple[np.ndarray, list[str]]]]] = {
     "null": ("benchmarks.rewards:NullReward", shapes_inputs),
     "null512": ("benchmarks.rewards:NullReward", noise_inputs_512),
-    "shapes": ("shapes?mode=partial", shapes_inputs),
+    "shapes": ("vgpo_fast.tasks.shapes.reward:CompositionalReward?mode=partial", shapes_inputs),
     "ocr": ("ocr?num_threads=1", text_inputs),
 }
 

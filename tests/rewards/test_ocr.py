@@ -16,7 +16,6 @@ pytest.importorskip("onnxruntime")
 from vgpo_fast.rewards.ocr import (  # noqa: E402
     OCRReward,
     bundled_models,
-    extract_quoted_text,
     levenshtein,
     normalize_text,
     text_similarity,
@@ -68,15 +67,6 @@ def test_similarity_closed_form():
 
 def test_normalize_text():
     assert normalize_text("  Hello \t\n  WORLD ") == "hello world"
-
-
-def test_extract_quoted_text():
-    assert extract_quoted_text(make_prompt("cat")) == "cat"
-    assert extract_quoted_text('a sign saying "Open Late" and "closed"') == "Open Late"
-    assert extract_quoted_text("a mug with \u201ccoffee\u201d on it") == "coffee"
-    assert extract_quoted_text('empty ""') == ""
-    with pytest.raises(ValueError, match=r"double quotes.*'a photo of a cat'"):
-        extract_quoted_text("a photo of a cat")
 
 
 # ---- configuration ----------------------------------------------------------------------------------------------

@@ -10,10 +10,11 @@ import pytest
 import torch
 from helpers_rewards import constant_images
 
+import vgpo_fast.tasks.registry  # noqa: F401 - registers the task rewards ("shapes")
 from vgpo_fast.rewards.base import RewardError
-from vgpo_fast.rewards.compositional import CompositionalReward
 from vgpo_fast.rewards.process import ProcessReward
 from vgpo_fast.tasks.shapes.render import render_prompts
+from vgpo_fast.tasks.shapes.reward import CompositionalReward
 
 PROMPTS = ["a red circle", "two blue squares", "a green triangle left of a yellow circle",
            "a red circle above a blue square"]
@@ -34,6 +35,9 @@ def test_scores_equal_the_in_process_verifier_on_ground_truth_and_near_misses() 
     with ProcessReward({"name": "shapes", "mode": "partial"}) as remote:
         got = remote.score(images, prompts)
         assert (remote.name, remote.low, remote.high) == ("compositional_partial", 0.0, 1.0)
+        # The child is sent the registered name's explicit target: it has imported no task registry.
+        assert remote.spec == {"name": "shapes", "mode": "partial"}
+        assert remote.child_spec == {"name": "vgpo_fast.tasks.shapes.reward:CompositionalReward", "mode": "partial"}
     want = CompositionalReward("partial").score(images, prompts)
     assert torch.equal(got, want)
     assert got[:len(PROMPTS)].eq(1).all() and got[len(PROMPTS):2 * len(PROMPTS)].lt(1).all()
@@ -57,6 +61,8 @@ def test_drop_policy_turns_non_finite_scores_into_nan() -> None:
 def test_a_bad_spec_fails_at_construction_with_the_childs_error() -> None:
     with pytest.raises(ValueError, match="cannot import module 'no_such_module'"):
         ProcessReward("no_such_module:Reward")
+    with pytest.raises(ValueError, match=r"unknown reward 'shape' \(did you mean 'shapes'\?\)"):
+        ProcessReward("shape?mode=partial")  # an unknown name fails in the parent, before any child starts
     with pytest.raises(ValueError, match="reward server already"):
         ProcessReward("http://127.0.0.1:9")
 

@@ -10,6 +10,7 @@ import concurrent.futures as cf
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -25,9 +26,10 @@ import pytest
 import torch
 from helpers_rewards import Brightness, Probe, constant_images
 
+import vgpo_fast.tasks.registry  # noqa: F401 - registers the task rewards ("shapes", "compositional")
 from vgpo_fast.rewards.base import RewardError
 from vgpo_fast.rewards.client import TOKEN_ENV, RewardClient
-from vgpo_fast.rewards.registry import available_rewards, build_reward, parse_spec
+from vgpo_fast.rewards.registry import available_rewards, build_reward, parse_spec, resolve_spec
 from vgpo_fast.rewards.wire import encode_request
 
 HERE = Path(__file__).resolve().parent
@@ -347,13 +349,17 @@ def test_signal_finishes_in_flight_then_exits_0(tmp_path: Path, sig: signal.Sign
 
 # A real reward through the server ---------------------------------------------------------------------------
 def test_shapes_reward_through_server(tmp_path: Path) -> None:
-    pytest.importorskip("vgpo_fast.rewards.compositional")
+    """`python -m vgpo_fast.rewards.server` registers no task reward: it is given the registered name's explicit
+    target (`resolve_spec`), and serves the same scores as the in-process reward built by name."""
+    pytest.importorskip("vgpo_fast.tasks.shapes.reward")
     render = pytest.importorskip("vgpo_fast.tasks.shapes.render")
     prompts = ["a red circle", "two blue squares", "a green triangle left of a red circle", "a red circle"]
     images = render.render_prompts(prompts, [0, 1, 2, 3])
     images[3] = 255 - images[3]  # one that should fail
     local = build_reward("shapes?mode=partial").score(images, prompts)
-    srv = Server(tmp_path, "shapes?mode=partial")
+    spec = resolve_spec("shapes?mode=partial")
+    assert spec == "vgpo_fast.tasks.shapes.reward:CompositionalReward?mode=partial"
+    srv = Server(tmp_path, spec)
     try:
         with RewardClient(srv.url) as c:
             assert torch.equal(c.score(images, prompts), local)
@@ -375,8 +381,9 @@ def test_registry_specs() -> None:
 
 
 @pytest.mark.parametrize(("spec", "message"), [
-    ("nope", "unknown reward 'nope': valid built-in names are clipscore, compositional, ocr, pickscore, "
-             "shapes"),
+    ("nope", "unknown reward 'nope': known names are clipscore, compositional, ocr, pickscore, shapes"),
+    ("shape", "unknown reward 'shape' (did you mean 'shapes'?): known names are clipscore, compositional, ocr, "
+              "pickscore, shapes"),
     ("no_such_module_xyz:Cls", "cannot import module 'no_such_module_xyz'"),
     ("helpers_rewards:Nope", "has no attribute 'Nope'"),
     ("helpers_rewards:np", "is not a class or a function"),
@@ -386,5 +393,5 @@ def test_registry_specs() -> None:
     ("clipscore", "missing option 'model_dir'"),
 ])
 def test_registry_errors(spec: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message.replace("?", r"\?").replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         build_reward(spec)

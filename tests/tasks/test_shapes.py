@@ -205,7 +205,7 @@ def test_near_misses_change_the_scene_set():
 def test_miscaptioned_scenes_fail_the_original_prompt_and_keep_its_shapes():
     """Caption noise for pretraining: the scene drawn for a miscaptioned prompt fails the original prompt (the
     strict verifier is the judge), is one of the allowed mistakes (never a different shape), and fits 16 px."""
-    from vgpo_fast.rewards.compositional import CompositionalReward
+    from vgpo_fast.tasks.shapes.reward import CompositionalReward
 
     verifier = CompositionalReward(mode="strict")
     rng = np.random.default_rng(0)

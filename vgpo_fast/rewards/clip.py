@@ -6,7 +6,7 @@ Both embed each image and its prompt with a `CLIPModel`, L2-normalise, and take 
   weight 100). Range [0, weight].
 - `PickScore`: `exp(logit_scale) * cos`, the logit PickScore (Kirstain et al. 2023) gives a (prompt, image) pair;
   `exp(logit_scale)` comes from the checkpoint (about 100 for PickScore_v1). Range [-scale, scale]: negative
-  values are possible, so TCRM's omega needs an offset in the reward config (SPEC section 3).
+  values are possible, so TCRM's omega needs an offset in the reward config (docs/spec.md).
 
 Weights load only from a local directory (`local_files_only=True`); nothing is downloaded. PickScore_v1 ships
 without a processor: pass the directory of its CLIP-ViT-H-14 processor as `processor_dir`.

@@ -19,24 +19,16 @@ from typing import Any, Literal
 import numpy as np
 
 from vgpo_fast.rewards.base import NonFinitePolicy, RewardModel, to_uint8_images
+from vgpo_fast.rewards.text import extract_quoted_text  # re-exported: the OCR target of a prompt
 
 OCRMode = Literal["auto", "rec", "det"]
 
-_QUOTED = re.compile(r'"([^"]*)"|\u201c([^\u201d]*)\u201d')
 _SPACES = re.compile(r"\s+")
 
 # The model files shipped inside rapidocr 3.x (rapidocr/models/); see `bundled_models`.
 _DET_MODEL = "PP-OCRv6_det_small.onnx"
 _REC_MODEL = "PP-OCRv6_rec_small.onnx"
 _CLS_MODEL = "ch_ppocr_mobile_v2.0_cls_mobile.onnx"
-
-
-def extract_quoted_text(prompt: str) -> str:
-    """The first span of `prompt` inside straight ("...") or curly (\u201c...\u201d) double quotes."""
-    match = _QUOTED.search(prompt)
-    if match is None:
-        raise ValueError(f'prompt must contain the target text in double quotes ("..."), got {prompt!r}')
-    return match.group(1) if match.group(1) is not None else match.group(2)
 
 
 def normalize_text(text: str) -> str:

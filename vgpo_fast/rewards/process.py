@@ -10,11 +10,15 @@ GIL.
     reward = ProcessReward({"name": "shapes", "mode": "partial"})   # the child builds build_reward(spec)
     reward.score(images, prompts)                                   # same scores as the in-process reward
 
-The child is started at construction (a bad spec fails there, raising the child's error), set to `threads` intra-op
-threads, and kept until `close()`. Non-finite scores pass from the child as NaN and meet this object's
-`nonfinite` policy, so the error names the prompt as the in-process reward does. A child that dies (killed, out
-of memory) makes the call raise `RewardError`; the next call starts a new child. The child is spawned, so a
-script that builds a `ProcessReward` at import time needs the usual `if __name__ == "__main__":` guard.
+The spec is resolved in the parent (`resolve_spec`: a registered name becomes its `package.module:ClassName`
+target), so the child, a fresh interpreter that has registered nothing, can build a reward whose name only the
+parent knows (a task's reward, registered by the task registry the parent imported); an unknown name fails there,
+in the parent. The child is started at construction (a bad spec fails there, raising the child's error), set to
+`threads` intra-op threads, and kept until `close()`. Non-finite scores pass from the child as NaN and meet this
+object's `nonfinite` policy, so the error names the prompt as the in-process reward does. A child that dies
+(killed, out of memory) makes the call raise `RewardError`; the next call starts a new child. The child is
+spawned, so a script that builds a `ProcessReward` at import time needs the usual `if __name__ == "__main__":`
+guard.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from vgpo_fast.rewards.base import NonFinitePolicy, RewardError, RewardModel
-from vgpo_fast.rewards.registry import is_server_spec
+from vgpo_fast.rewards.registry import is_server_spec, resolve_spec
 
 _CHILD_REWARD: RewardModel | None = None  # the reward built in the child process (one per child)
 _CHILD_ERROR: BaseException | None = None  # why building it failed: raised, as itself, by every call
@@ -69,8 +73,9 @@ def _child_score(images: np.ndarray, prompts: list[str]) -> np.ndarray:
 class ProcessReward(RewardModel):
     """The reward `build_reward(spec)` run in a spawned child process with `threads` intra-op threads.
 
-    `spec`: a built-in name, `module:Class` (importable in the child: the parent's `sys.path` is passed on) or a
-    dict with "name"; not a reward-server URL (a server is its own process already).
+    `spec`: a reward name known here (built-in or registered), `module:Class` (importable in the child: the
+    parent's `sys.path` is passed on) or a dict with "name"; not a reward-server URL (a server is its own process
+    already). `self.spec` is the spec as given, `self.child_spec` the resolved one the child builds.
     """
 
     def __init__(self, spec: str | Mapping[str, Any], threads: int = 1, nonfinite: NonFinitePolicy = "raise",
@@ -82,6 +87,7 @@ class ProcessReward(RewardModel):
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be an int >= 1, got {threads!r}")
         self.spec = dict(spec) if isinstance(spec, Mapping) else spec
+        self.child_spec = resolve_spec(spec)  # an unknown name fails here, in the parent, with the registry's message
         self.threads = threads
         self.start_timeout_s = float(start_timeout_s)
         self._pool: cf.ProcessPoolExecutor | None = None
@@ -92,7 +98,7 @@ class ProcessReward(RewardModel):
         with self._pool_lock:
             if self._pool is None:
                 self._pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
-                                                    initializer=_child_init, initargs=(self.spec, self.threads))
+                                                    initializer=_child_init, initargs=(self.child_spec, self.threads))
             return self._pool
 
     def _call(self, fn: Any, *args: Any, timeout: float | None = None) -> Any:

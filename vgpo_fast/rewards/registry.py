@@ -1,12 +1,18 @@
-"""Build a `RewardModel` from a spec: a built-in name, `package.module:ClassName`, or reward-server URLs.
+"""Build a `RewardModel` from a spec: a reward name, `package.module:ClassName`, or reward-server URLs.
 
     build_reward("ocr")                                   # built-in, default options
     build_reward("ocr?mode=rec&num_threads=2")            # options as a query string (values parsed as JSON)
-    build_reward({"name": "shapes", "mode": "partial"})   # a dict: "name" plus options
+    build_reward({"name": "ocr", "mode": "rec"})          # a dict: "name" plus options
     build_reward("my_pkg.rewards:Aesthetic?scale=2")      # any importable RewardModel subclass or factory
     build_reward("http://127.0.0.1:8123")                 # a RewardClient; several URLs separated by commas
 
-Built-ins are imported only when asked for, so a missing optional dependency (rapidocr for 'ocr') breaks only
+Names: the generic built-ins (`BUILTIN_REWARDS`: OCR, CLIP-style) and whatever `register_reward` added. This
+package knows no task: a task registers its own rewards (`register_reward("shapes", "pkg.module:Class")`) when
+its registry module is imported, so a name like "shapes" is known in a process that imported it (the trainer,
+the `vgpo-fast` command). `resolve_spec` turns a name into its explicit `package.module:ClassName` form, which
+builds in any process: `ProcessReward` sends that to its child. See docs/architecture.md (layering).
+
+Targets are imported only when asked for, so a missing optional dependency (rapidocr for 'ocr') breaks only
 the reward that needs it.
 """
 
@@ -16,25 +22,64 @@ import difflib
 import importlib
 import inspect
 import json
-from collections.abc import Mapping
-from typing import Any
+import re
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from vgpo_fast.rewards.base import RewardModel
+if TYPE_CHECKING:
+    from vgpo_fast.rewards.base import RewardModel
 
-# Built-in name -> "module:attribute".
+__all__ = ["BUILTIN_REWARDS", "available_rewards", "build_reward", "is_server_spec", "parse_spec",
+           "register_reward", "resolve_spec"]
+
+# Generic built-in name -> "module:attribute".
 BUILTIN_REWARDS: dict[str, str] = {
     "ocr": "vgpo_fast.rewards.ocr:OCRReward",
-    "shapes": "vgpo_fast.rewards.compositional:CompositionalReward",
-    "compositional": "vgpo_fast.rewards.compositional:CompositionalReward",
     "clipscore": "vgpo_fast.rewards.clip:CLIPScore",  # needs model_dir=<local checkpoint>
     "pickscore": "vgpo_fast.rewards.clip:PickScore",  # needs model_dir=... (and processor_dir=...)
 }
 
+RewardTarget = str | Callable[..., "RewardModel"]
+_REWARDS: dict[str, RewardTarget] = dict(BUILTIN_REWARDS)  # every known name: built-ins + registered
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+_TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def register_reward(name: str, target: RewardTarget, *, replace: bool = False) -> None:
+    """Make `name` a reward spec name: `build_reward(name)` builds `target`, a `"package.module:ClassName"` string
+    (imported when first built) or a `RewardModel` subclass or factory (called with the spec's options).
+
+    Registering a name again with the same target does nothing; with another target it raises ValueError unless
+    `replace=True`. A string target is what a child process or a reward server can import; `resolve_spec` turns a
+    class target into that form when the class is importable under its `__module__` and `__qualname__`.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"reward name must be letters, digits, '_', '.' or '-' (not starting with a digit or "
+                         f"punctuation), got {name!r}")
+    if isinstance(target, str):
+        if not _TARGET.fullmatch(target):
+            raise ValueError(f"reward target for {name!r} must be 'package.module:ClassName', got {target!r}")
+    elif not callable(target):
+        raise ValueError(f"reward target for {name!r} must be a 'package.module:ClassName' string, a class or a "
+                         f"function, got {type(target).__name__}")
+    current = _REWARDS.get(name)
+    if current is not None and current != target and not replace:
+        raise ValueError(f"reward name {name!r} is already registered for {_describe(current)}; pass "
+                         f"replace=True to register {_describe(target)} instead")
+    _REWARDS[name] = target
+
 
 def available_rewards() -> list[str]:
-    """The built-in reward names (whether or not their optional dependencies are installed)."""
-    return sorted(BUILTIN_REWARDS)
+    """The known reward names: the built-ins and the registered ones (whether or not their optional
+    dependencies are installed)."""
+    return sorted(_REWARDS)
+
+
+def _describe(target: RewardTarget) -> str:
+    if isinstance(target, str):
+        return repr(target)
+    return f"{getattr(target, '__module__', '?')}:{getattr(target, '__qualname__', repr(target))}"
 
 
 def _parse_value(text: str) -> Any:
@@ -119,8 +164,56 @@ def is_server_spec(spec: Any) -> bool:
     return isinstance(spec, str) and spec.strip().startswith(("http://", "https://"))
 
 
+def _unknown(name: str) -> ValueError:
+    close = difflib.get_close_matches(name, list(_REWARDS), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ValueError(f"unknown reward {name!r}{hint}: known names are {', '.join(available_rewards())} (more are "
+                      f"added by register_reward, e.g. a task's rewards when its registry module is imported); "
+                      f"or give 'package.module:ClassName' or a reward server URL 'http://host:port'")
+
+
+def _target_string(name: str, target: RewardTarget) -> str:
+    """`target` as "module:attr"; a class or function must be importable under that name to the same object."""
+    if isinstance(target, str):
+        return target
+    module, qualname = getattr(target, "__module__", None), getattr(target, "__qualname__", None)
+    text = f"{module}:{qualname}"
+    try:
+        ok = (module not in (None, "__main__", "__mp_main__") and qualname is not None
+              and "<" not in qualname and _load_target(text, text) is target)
+    except (ValueError, ImportError):
+        ok = False
+    if not ok:
+        raise ValueError(f"reward {name!r} is registered as {target!r}, which another process cannot import by "
+                         f"name; register it as a 'package.module:ClassName' string instead")
+    return text
+
+
+def resolve_spec(spec: str | Mapping[str, Any]) -> str | dict[str, Any]:
+    """`spec` with a reward name replaced by its explicit `package.module:ClassName` target, options unchanged:
+    a spec that `build_reward` accepts in a process that never registered the name (a spawned child, a reward
+    server started on its own). Targets and reward-server URLs come back as they are; dicts as a new dict.
+
+        resolve_spec("ocr?mode=rec")                 # 'vgpo_fast.rewards.ocr:OCRReward?mode=rec'
+        resolve_spec({"name": "ocr", "mode": "rec"}) # {'name': 'vgpo_fast.rewards.ocr:OCRReward', 'mode': 'rec'}
+
+    An unknown name raises the same ValueError as `build_reward`."""
+    name, _ = parse_spec(spec)  # validates the spec's form
+    if is_server_spec(name) or ":" in name:
+        return dict(spec) if isinstance(spec, Mapping) else spec
+    if name not in _REWARDS:
+        raise _unknown(name)
+    target = _target_string(name, _REWARDS[name])
+    if isinstance(spec, Mapping):
+        return {**spec, "name": target}
+    _, sep, query = spec.strip().partition("?")
+    return target + sep + query
+
+
 def build_reward(spec: str | Mapping[str, Any] | RewardModel, **overrides: Any) -> RewardModel:
     """A `RewardModel` from `spec` (see the module docstring); `overrides` go over the spec's options."""
+    from vgpo_fast.rewards.base import RewardModel
+
     if isinstance(spec, RewardModel):
         if overrides:
             raise ValueError("options cannot be applied to an already built RewardModel")
@@ -136,12 +229,11 @@ def build_reward(spec: str | Mapping[str, Any] | RewardModel, **overrides: Any) 
         return RewardClient(**options)
     if ":" in name:
         factory = _load_target(name, shown)
-    elif name in BUILTIN_REWARDS:
-        factory = _load_target(BUILTIN_REWARDS[name], shown)
+    elif name in _REWARDS:
+        target = _REWARDS[name]
+        factory = _load_target(target, shown) if isinstance(target, str) else target
     else:
-        raise ValueError(f"unknown reward {name!r}: valid built-in names are "
-                         f"{', '.join(available_rewards())}, or give 'package.module:ClassName' or a reward "
-                         f"server URL 'http://host:port'")
+        raise _unknown(name)
     if not callable(factory):
         raise ValueError(f"reward spec {shown!r}: {name!r} is not a class or a function")
     _check_options(factory, options, shown)

@@ -4,6 +4,10 @@ sizes, and where the shipped base model lives.
     task = get_task("shapes")
     images = task.render(prompts, seeds)          # uint8 [B, H, W, 3] ground truth for pretraining
     reward = build_reward(task.reward)            # the RL reward; task.eval_reward for held-out evaluation
+
+Importing this module registers the tasks' rewards with `vgpo_fast.rewards.registry` (`TASK_REWARDS`: "shapes",
+"compositional"), so `build_reward({"name": "shapes", ...})` works in any process that imported it; the rewards
+package itself knows no task (docs/architecture.md, layering).
 """
 
 from __future__ import annotations
@@ -18,7 +22,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TASKS", "Task", "get_task"]
+from vgpo_fast.rewards.registry import register_reward
+
+__all__ = ["TASKS", "TASK_REWARDS", "Task", "get_task"]
+
+# Reward name -> "module:attribute", registered on import (the reward specs of `Task.reward` name these).
+TASK_REWARDS: dict[str, str] = {
+    "shapes": "vgpo_fast.tasks.shapes.reward:CompositionalReward",
+    "compositional": "vgpo_fast.tasks.shapes.reward:CompositionalReward",
+}
+for _name, _target in TASK_REWARDS.items():
+    register_reward(_name, _target)
 
 _TASK_DIR = Path(__file__).resolve().parent
 

@@ -3,7 +3,10 @@
 - `scene`: palette, shapes, sizes; `Requirements` (what a prompt asks), `Scene`, layout sampler, near misses.
 - `prompts`: the grammar, six benchmark categories, the train / held-out split, parsing.
 - `render`: deterministic hard-edged rasterisation to uint8 `[H, W, 3]`.
-The verifier is `vgpo_fast.rewards.compositional.CompositionalReward`.
+- `verifier`: the compositional verifier, pixels -> detections -> `Verdict` (numpy only).
+- `reward`: `CompositionalReward`, the verifier as a `RewardModel` (registered as "shapes" and "compositional" by
+  `vgpo_fast.tasks.registry`); not imported here, so that the task's data needs no torch.
+`sample_prompts` (category-uniform draws) is the generic `vgpo_fast.rollout.prompts.sample_prompts`.
 """
 
 from .prompts import (

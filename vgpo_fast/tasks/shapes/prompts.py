@@ -27,11 +27,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+
+from vgpo_fast.rollout.prompts import sample_prompts as sample_prompts  # generic; re-exported for old callers
 
 from .scene import (
     COLORS,
@@ -205,25 +207,6 @@ def split_prompts(held_out_fraction: float = DEFAULT_HELD_OUT_FRACTION,
         held_out[category] = tuple(p for p in prompts if keys[p] in held)
         train[category] = tuple(p for p in prompts if keys[p] not in held)
     return PromptSplit(train, held_out)
-
-
-def sample_prompts(prompts: Mapping[str, Sequence[str]], n: int,
-                   rng: np.random.Generator | int = 0) -> list[str]:
-    """`n` prompts drawn with replacement: a category uniformly (so no category dominates whatever its size),
-    then a prompt of it uniformly. `prompts` is `{category: prompts}`, e.g. `split_prompts().train`."""
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    categories = [c for c, ps in prompts.items() if len(ps) > 0]
-    if not categories:
-        raise ValueError("prompts must hold at least one non-empty category")
-    rng = as_rng(rng)
-    cats = rng.integers(len(categories), size=n)
-    picks = rng.random(n)
-    out = []
-    for c, u in zip(cats, picks, strict=True):
-        pool = prompts[categories[c]]
-        out.append(pool[int(u * len(pool))])
-    return out
 
 
 def miscaptioned(prompt: str, rng: np.random.Generator | int = 0,

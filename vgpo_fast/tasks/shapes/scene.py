@@ -6,7 +6,7 @@ inside an axis-aligned square box of `size` pixels with its top-left corner at i
 
 `Requirements` is the meaning of a prompt: a list of object instances (colour, shape) and optionally one
 relation `objects[0] <relation> objects[1]`. The layout sampler (`sample_scene`) draws one of the many scenes
-that satisfy it from a seed; the verifier (`vgpo_fast.rewards.compositional`) checks one against an image.
+that satisfy it from a seed; the verifier (`vgpo_fast.tasks.shapes.verifier`) checks one against an image.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+
+from vgpo_fast.rollout.prompts import as_rng  # re-exported: the task's rng argument convention
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 
@@ -174,15 +176,6 @@ def relation_holds(relation: str, center_a: tuple[float, float], center_b: tuple
     direction and the direction is dominant (within 45 degrees of the axis)."""
     along, cross = relation_offsets(relation, center_a, center_b)
     return along >= 0.15 * image_size and along >= abs(cross)
-
-
-def as_rng(rng: np.random.Generator | int) -> np.random.Generator:
-    """`rng` itself if a Generator, else a Generator seeded with the non-negative int `rng`."""
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool) and rng >= 0:
-        return np.random.default_rng(int(rng))
-    raise ValueError(f"rng must be a numpy Generator or a non-negative int seed, got {rng!r}")
 
 
 _RESTARTS = 6  # per stage of `_placement_stages`

@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from vgpo_fast.rewards.ocr import extract_quoted_text
+from vgpo_fast.rewards.text import extract_quoted_text
 
 # 174 common English words of 3-8 lowercase letters, sorted; the split below depends on this order.
 WORDS: tuple[str, ...] = (

@@ -1,4 +1,5 @@
-"""Compositional verifier: ground truth passes, near misses fail with partial credit, robust to mild noise."""
+"""Compositional verifier of the shapes task (`verifier`, `reward`): ground truth passes, near misses fail with
+partial credit, robust to mild noise."""
 
 from collections import deque
 
@@ -6,15 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from vgpo_fast.rewards.compositional import (
-    CompositionalReward,
-    detect_objects,
-    label_components,
-    min_component_area,
-    shape_scores,
-)
 from vgpo_fast.tasks.shapes.prompts import CATEGORIES, all_prompts, category_of, parse_prompt, sample_prompts
 from vgpo_fast.tasks.shapes.render import render, render_prompts
+from vgpo_fast.tasks.shapes.reward import CompositionalReward
 from vgpo_fast.tasks.shapes.scene import (
     BACKGROUND,
     ObjectSpec,
@@ -25,6 +20,7 @@ from vgpo_fast.tasks.shapes.scene import (
     near_miss_kinds,
     sample_scene,
 )
+from vgpo_fast.tasks.shapes.verifier import detect_objects, label_components, min_component_area, shape_scores
 
 ALL = {c: tuple(p) for c, p in all_prompts().items()}
 STRICT = CompositionalReward("strict")

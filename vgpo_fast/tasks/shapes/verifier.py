@@ -1,4 +1,4 @@
-"""Compositional verifier of the shapes task: GenEval-like scores from pixels alone.
+"""Compositional verifier of the shapes task: GenEval-like scores from pixels alone (numpy only).
 
 Pipeline, batched over images in numpy:
 1. colour segmentation: each pixel takes its nearest palette colour (RGB distance) if within `max_color_dist`;
@@ -10,7 +10,7 @@ Pipeline, batched over images in numpy:
    square 1, circle ~0.77, triangle ~0.5), top mass (share of its pixels in the upper half of its box: 0.5
    for circles and squares, ~0.27 for the upward triangle), aspect, and left-right mirror symmetry; ragged,
    lopsided or elongated components are "other" objects (they count, as extras or as colour-only matches);
-5. the prompt's requirements (`vgpo_fast.tasks.shapes.prompts.parse_prompt`) checked against the detections.
+5. the prompt's requirements (`prompts.parse_prompt`) checked against the detections (`evaluate_detections`).
 
 Scores (`Verdict`):
 - strict (0/1, GenEval-like but exact): the detected objects are exactly the required multiset of
@@ -23,21 +23,20 @@ Scores (`Verdict`):
   Right colour with the wrong shape earns 0.25, not 0.8: shape, the hard part, carries the reward.
   Examples: wrong colour or shape of a single object 0.25; one object too many / few of three 0.86 / 0.8;
   sides swapped 0.5; colours of two objects swapped 0.25; blank 0.
+
+The reward built on it (`build_reward("shapes")`, registered by `vgpo_fast.tasks.registry`) is
+`vgpo_fast.tasks.shapes.reward.CompositionalReward`.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
 
 import numpy as np
 
-from vgpo_fast.rewards.base import NonFinitePolicy, RewardModel, to_uint8_images
-from vgpo_fast.tasks.shapes.prompts import parse_prompt
-from vgpo_fast.tasks.shapes.scene import (
+from .scene import (
     BACKGROUND,
     COLORS,
     PALETTE,
@@ -338,58 +337,3 @@ def soft_partial(requirements: Requirements, detections: list[Detection], image_
             score = 0.5 * score + 0.5 * float(ok) * (credit[0] + credit[1]) / 2
         best = max(best, score)
     return min(best, 1.0)
-
-
-class CompositionalReward(RewardModel):
-    """Shapes-task verifier as a reward: `mode="strict"` gives 0/1, `"partial"` partial credit in [0, 1],
-    `"soft"` partial credit with graded shape scores (`soft_partial`; 1 exactly when strict passes).
-
-    Images uint8 `[B, H, W, 3]`, square, 16-128 px; prompts in the shapes grammar (a prompt outside it raises
-    ValueError naming it). Deterministic; ~0.3 ms per 24 px image in batches of 64 (one CPU core).
-    """
-
-    low = 0.0
-    high = 1.0
-
-    def __init__(self, mode: Literal["strict", "partial", "soft"] = "strict", attribute_credit: float = 0.25,
-                 max_color_dist: float | None = None, nonfinite: NonFinitePolicy = "raise") -> None:
-        super().__init__(nonfinite)
-        if mode not in ("strict", "partial", "soft"):
-            raise ValueError(f"mode must be 'strict', 'partial' or 'soft', got {mode!r}")
-        if not 0.0 <= attribute_credit <= 0.5:
-            raise ValueError(f"attribute_credit must be in [0, 0.5] (an exact match must outweigh two "
-                             f"partial ones), got {attribute_credit}")
-        if max_color_dist is not None and not 0.0 < max_color_dist <= 0.5 * min_palette_distance():
-            raise ValueError(f"max_color_dist must be in (0, {0.5 * min_palette_distance():.1f}] so that "
-                             f"colours cannot be confused, got {max_color_dist}")
-        self.mode = mode
-        self.attribute_credit = float(attribute_credit)
-        self.max_color_dist = default_max_color_dist() if max_color_dist is None else float(max_color_dist)
-        self.name = f"compositional_{mode}"
-
-    def evaluate(self, images: Any, prompts: Sequence[str]) -> list[Verdict]:
-        """Full verdicts of `images` (any form `score` takes, e.g. uint8 `[B, H, W, 3]`) against `prompts`
-        (one per image)."""
-        images = to_uint8_images(images)
-        prompts = list(prompts)
-        if len(prompts) != images.shape[0]:
-            raise ValueError(f"prompts must have one entry per image: {images.shape[0]} images, "
-                             f"{len(prompts)} prompts")
-        return self._verdicts(images, [parse_prompt(p) for p in prompts])
-
-    def _verdicts(self, images: np.ndarray, requirements: list[Requirements]) -> list[Verdict]:
-        detections = detect_objects(images, self.max_color_dist)
-        size = images.shape[1]
-        return [evaluate_detections(r, d, size, self.attribute_credit)
-                for r, d in zip(requirements, detections, strict=True)]
-
-    def _score(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
-        requirements = [parse_prompt(p) for p in prompts]
-        verdicts = self._verdicts(images, requirements)
-        if self.mode == "strict":
-            return np.array([float(v.strict) for v in verdicts])
-        if self.mode == "soft":
-            size = images.shape[1]
-            return np.array([1.0 if v.strict else soft_partial(r, list(v.detections), size, self.attribute_credit)
-                             for v, r in zip(verdicts, requirements, strict=True)])
-        return np.array([v.partial for v in verdicts])
