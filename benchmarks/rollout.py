@@ -184,8 +184,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from vgpo_fast.rewards.client import RewardClient
-    from vgpo_fast.rewards.compositional import CompositionalReward
     from vgpo_fast.rollout import sigmas
+    from vgpo_fast.tasks.shapes.reward import CompositionalReward
 
     vel, prompts, decode = setup(args)
     sig = sigmas(args.steps)

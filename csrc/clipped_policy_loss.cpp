@@ -1,5 +1,5 @@
 // clipped_policy_loss_fwd / _bwd: PPO clipped surrogate plus beta * KL, averaged over the N
-// (trajectory, step) entries (SPEC.md section 5). Double vectors: exp is torch's vectorised (SLEEF) one,
+// (trajectory, step) entries (docs/spec.md section 5.3). Double vectors: exp is torch's vectorised (SLEEF) one,
 // which a scalar std::exp loop is about ten times slower than at N ~ 10^4.
 #include "common.h"
 

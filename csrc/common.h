@@ -53,7 +53,7 @@ struct RowCoef {
   double std_dev, scale_d;       // double copies for the per-row closed forms
 };
 
-// SPEC.md section 2 / docs/ops.md "Per-sample coefficients"; computed in double, used in float32.
+// docs/spec.md section 2.3 / docs/ops.md "Per-sample coefficients"; computed in double, used in float32.
 inline RowCoef row_coef(float sigma_f, float sigma_next_f, double a, int64_t sde_type) {
   const double sigma = sigma_f, sigma_next = sigma_next_f, dt = sigma_next - sigma;
   double std_dev, c_x, c_v, scale;

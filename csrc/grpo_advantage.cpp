@@ -1,4 +1,4 @@
-// grpo_advantage_fwd: Flow-GRPO's group-relative advantage of terminal rewards (SPEC.md section 4, baseline).
+// grpo_advantage_fwd: Flow-GRPO's group-relative advantage of terminal rewards (docs/spec.md section 4.6).
 #include "common.h"
 
 #include <vector>

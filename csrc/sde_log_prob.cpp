@@ -1,5 +1,5 @@
 // sde_log_prob_fwd / _bwd: log-probability of a stored transition and the closed-form KL to a reference
-// velocity (SPEC.md section 5), and their fused gradient with respect to v. Each is one pass over memory.
+// velocity (docs/spec.md sections 5.2, 5.4), and their fused gradient with respect to v. Each is one pass over memory.
 #include "common.h"
 
 #include <vector>

@@ -1,4 +1,4 @@
-// sde_step_fwd: one SDE step with its log-probability (SPEC.md section 2) and the ODE projection
+// sde_step_fwd: one SDE step with its log-probability (docs/spec.md section 2) and the ODE projection
 // x0_hat = x - sigma v (section 3), in one pass: x, v, noise read once, x_next and x0_hat written once.
 #include "common.h"
 

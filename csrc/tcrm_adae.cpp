@@ -1,4 +1,4 @@
-// tcrm_adae_fwd: discounted returns-to-go, temporal step weights and ADAE advantages (SPEC.md section 4),
+// tcrm_adae_fwd: discounted returns-to-go, temporal step weights and ADAE advantages (docs/spec.md section 4),
 // one pass per prompt group.
 //
 // Internally double: the relative term (Q - mu) / (s + eps) divides a difference of near-equal returns by a

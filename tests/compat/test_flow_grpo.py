@@ -1,5 +1,5 @@
 """vgpo_fast.compat.flow_grpo.sde_step_with_logprob against an independent implementation of Flow-GRPO's
-formula written here (SPEC.md sections 2 and 7)."""
+formula written here (docs/spec.md sections 2.1 and 7)."""
 
 import math
 

@@ -1,4 +1,5 @@
-"""Helpers of the op tests: every backend that can run here, every input dtype, SPEC tolerances."""
+"""Helpers of the op tests: every backend that can run here, every input dtype, the tolerances of docs/spec.md
+section 8."""
 
 import pytest
 import torch
@@ -8,12 +9,13 @@ from vgpo_fast.ops import available_backends
 BACKENDS = available_backends("cpu")
 KERNEL_BACKENDS = [b for b in BACKENDS if b != "reference"]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-# SPEC.md section 6: tolerance against the float64 reference, by input dtype.
+# docs/spec.md section 8: tolerance against the float64 reference, by input dtype.
 RTOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-2, torch.float64: 1e-12}
 
 
 def assert_close_to(actual: torch.Tensor, truth: torch.Tensor, dtype: torch.dtype, what: str) -> None:
-    """`actual` within SPEC's relative tolerance of the float64 `truth` (scaled by truth's magnitude)."""
+    """`actual` within the relative tolerance of docs/spec.md section 8 of the float64 `truth` (scaled by truth's
+    magnitude)."""
     rtol = RTOL[dtype]
     actual, truth = actual.double(), truth.double()
     atol = rtol * max(truth.abs().max().item(), 1e-12)
@@ -59,10 +61,10 @@ def stable_seed(*parts: object) -> int:
 
 def assert_grad_close(actual: torch.Tensor, truth: torch.Tensor, baseline: torch.Tensor, dtype: torch.dtype,
                       what: str) -> None:
-    """Gradients: error vs the float64 truth at most SPEC's tolerance or twice the error of the plain-torch
-    reference run in the same dtype, whichever is larger. Gradients hold (x_next - mean) / scale^2, whose
-    float32 rounding is amplified by |x| / scale at late steps: no float32 code meets 1e-5 there elementwise,
-    so the reference's own error is the honest yardstick (flash-attention's rule)."""
+    """Gradients: error vs the float64 truth at most the tolerance of docs/spec.md section 8 or twice the error of
+    the plain-torch reference run in the same dtype, whichever is larger. Gradients hold (x_next - mean) / scale^2,
+    whose float32 rounding is amplified by |x| / scale at late steps: no float32 code meets 1e-5 there
+    elementwise, so the reference's own error is the honest yardstick (flash-attention's rule)."""
     actual, truth, baseline = actual.double(), truth.double(), baseline.double()
     allowed = max(RTOL[dtype] * truth.abs().max().item(), 2 * (baseline - truth).abs().max().item())
     err = (actual - truth).abs().max().item()

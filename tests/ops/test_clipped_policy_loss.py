@@ -1,5 +1,5 @@
 """clipped_policy_loss: every backend against the float64 reference and its autograd; the reference
-against an explicit per-entry loop of SPEC.md section 5."""
+against an explicit per-entry loop of docs/spec.md section 5.3."""
 
 import math
 

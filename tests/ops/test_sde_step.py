@@ -54,7 +54,7 @@ def test_reference_logp_is_the_gaussian_density_of_the_noise():
 
 @pytest.mark.parametrize("sde_type", ["flow_grpo", "cps"])
 def test_a_zero_is_diffusers_euler_step(backend, sde_type):
-    """With a = 0 every step is FlowMatchEulerDiscreteScheduler.step (SPEC.md section 2)."""
+    """With a = 0 every step is FlowMatchEulerDiscreteScheduler.step (docs/spec.md section 2.5)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
@@ -97,7 +97,7 @@ def test_generator_gives_the_same_sample_on_every_backend(dtype):
 
 
 def test_projection_of_the_last_step_is_the_final_sample():
-    """SPEC.md section 3: with sigma_{T} = 0, x0_hat_{T-1} = x_T."""
+    """docs/spec.md section 3: with sigma_{T} = 0, x0_hat_{T-1} = x_T."""
     sig = schedule()
     x, v = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
     out = sde_step(x, v, float(sig[-2]), 0.0, a=0.0)

@@ -1,5 +1,5 @@
 """tcrm_adae: every backend against the float64 reference; the reference against a brute-force loop of
-SPEC.md section 4; the section's reductions."""
+docs/spec.md section 4; the section's reductions."""
 
 import statistics
 

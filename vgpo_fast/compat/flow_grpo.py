@@ -1,4 +1,4 @@
-"""Flow-GRPO's `sde_step_with_logprob`, computed by the fused ops (SPEC.md section 7).
+"""Flow-GRPO's `sde_step_with_logprob`, computed by the fused ops (docs/spec.md section 7).
 
 Switch a Flow-GRPO codebase by changing one import:
     from vgpo_fast.compat.flow_grpo import sde_step_with_logprob

@@ -1,4 +1,4 @@
-"""The fused ops of SPEC.md section 6: reference, Triton and C++ implementations behind one dispatch.
+"""The fused ops of docs/spec.md section 6: reference, Triton and C++ implementations behind one dispatch.
 
     sde_step             x, v, noise -> x_next, logp [B], x0_hat          (rollout, one pass)
     sde_log_prob         x, v_theta, x_next [, v_ref] -> logp [B], kl [B]  (training, fused backward to v)

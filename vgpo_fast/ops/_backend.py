@@ -2,14 +2,19 @@
 
 Auto: CUDA tensors -> triton (reference if triton is missing); CPU tensors -> cpu when `vgpo_fast._C` is built,
 else reference. `VGPO_FAST_BACKEND` or an op's `backend=` argument overrides. float64 inputs always run the
-reference: the kernels compute in float32 by design.
+reference: the kernels compute in float32 by design (docs/spec.md section 6).
+
+Each op module names its own Triton module with a plain import (`from vgpo_fast.kernels import <op>`) inside a
+small function, `_triton_kernels`, that `launcher` calls only when the triton backend runs: the kernel modules
+import triton at top level and decide at definition time whether they run under TRITON_INTERPRET, so importing
+them when `vgpo_fast.ops` is imported would make triton a hard dependency and freeze that choice too early.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import os
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -23,7 +28,7 @@ KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 def cpu_extension_error() -> str | None:
     """None when the C++ extension imports, else the reason it does not."""
     try:
-        importlib.import_module("vgpo_fast._C")
+        import vgpo_fast._C  # noqa: F401  (registers torch.ops.vgpo_fast_C)
     except ImportError as exc:
         return f"the C++ extension vgpo_fast._C is not built ({exc}); reinstall with `pip install -e .`"
     return None
@@ -31,9 +36,13 @@ def cpu_extension_error() -> str | None:
 
 @functools.cache
 def triton_error() -> str | None:
-    """None when Triton and the kernels import, else the reason they do not."""
+    """None when triton imports, else the reason it does not.
+
+    triton is the only dependency of the kernel modules in vgpo_fast.kernels (they are imported on first use, by
+    the ops' `_triton_kernels`); checking triton alone keeps this check from defining any @triton.jit function.
+    """
     try:
-        importlib.import_module("triton")
+        import triton  # noqa: F401
     except ImportError as exc:
         return f"triton is not installed ({exc}); `pip install triton`"
     return None
@@ -85,21 +94,21 @@ def resolve_backend(requested: str | None, device: torch.device, dtype: torch.dt
     return "cpu"
 
 
-def triton_kernels(op: str) -> ModuleType:
-    """The Triton launcher module of `op` (kernels/<op>.py)."""
-    return importlib.import_module(f"vgpo_fast.kernels.{op}")
-
-
 def cpu_launcher(name: str) -> Any:
     """The C++ launcher `torch.ops.vgpo_fast_C.<name>`."""
-    importlib.import_module("vgpo_fast._C")
+    import vgpo_fast._C  # noqa: F401  (registers torch.ops.vgpo_fast_C)
+
     return getattr(torch.ops.vgpo_fast_C, name)
 
 
-def launcher(backend: str, op: str, name: str) -> Any:
-    """The launcher `name` of `op` for a kernel backend ('triton' or 'cpu')."""
+def launcher(backend: str, triton_kernels: Callable[[], ModuleType], name: str) -> Any:
+    """The launcher `name` (docs/ops.md, "Launcher contract") for a kernel backend ('triton' or 'cpu').
+
+    triton_kernels: the op's `_triton_kernels`, which imports and returns its module kernels/<op>.py; called only
+    for the triton backend. Both backends implement every launcher under the same name.
+    """
     if backend == "triton":
-        return getattr(triton_kernels(op), name)
+        return getattr(triton_kernels(), name)
     if backend == "cpu":
         return cpu_launcher(name)
     raise ValueError(f"no launcher for backend {backend!r}")

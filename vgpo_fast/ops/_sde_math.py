@@ -1,4 +1,4 @@
-"""SPEC.md section 2 in plain torch: the SDE step's mean, std and scale; shared by the reference ops."""
+"""docs/spec.md section 2 in plain torch: the SDE step's mean, std and scale; shared by the reference ops."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def gaussian_logp(x_next: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor,
 
 
 def mean_slope(sigma: torch.Tensor, sigma_next: torch.Tensor, std: torch.Tensor, sde_type: str) -> torch.Tensor:
-    """d mean / d v per sample (SPEC.md section 5), like sigma."""
+    """d mean / d v per sample (docs/spec.md sections 2.3, 5.4), like sigma."""
     if sde_type == "flow_grpo":
         return (1 + std**2 * (1 - sigma) / (2 * sigma)) * (sigma_next - sigma)
     return -sigma * (1 - sigma_next) + torch.sqrt((sigma_next**2 - std**2).clamp_min(0)) * (1 - sigma)

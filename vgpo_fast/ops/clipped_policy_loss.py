@@ -1,13 +1,22 @@
-"""`clipped_policy_loss`: PPO-clip policy loss with a KL penalty, plus clip fraction and approx-KL (SPEC.md 5)."""
+"""`clipped_policy_loss`: PPO-clip loss with a KL penalty, plus clip fraction and approx-KL (docs/spec.md 5.3)."""
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import NamedTuple
 
 import torch
 
 from ._backend import launcher, resolve_backend
 from ._validate import check_like, check_number, check_tensor, compute_dtype
+
+
+def _triton_kernels() -> ModuleType:
+    """This op's Triton launchers, kernels/clipped_policy_loss.py, imported on the first triton call and not with
+    this module: it imports triton (optional) and reads TRITON_INTERPRET when defined (see _backend)."""
+    from vgpo_fast.kernels import clipped_policy_loss as kernels
+
+    return kernels
 
 
 class PolicyLossOutput(NamedTuple):
@@ -19,7 +28,7 @@ class PolicyLossOutput(NamedTuple):
 def clipped_policy_loss_reference(logp_new: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,
                                   kl: torch.Tensor | None = None, clip: float = 1e-4,
                                   beta: float = 0.0) -> PolicyLossOutput:
-    """SPEC.md section 5 in plain torch; all tensors of one shape (e.g. `[B]` or `[B, steps]`)."""
+    """docs/spec.md section 5.3 in plain torch; all tensors of one shape (e.g. `[B]` or `[B, steps]`)."""
     cdt = compute_dtype(logp_new.dtype)
     log_ratio = logp_new.to(cdt) - logp_old.to(cdt)
     ratio = torch.exp(log_ratio)
@@ -49,7 +58,7 @@ def _loss_op(logp_new: torch.Tensor, logp_old: torch.Tensor, advantages: torch.T
              clip: float, beta: float, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if backend == "reference":
         return tuple(clipped_policy_loss_reference(logp_new, logp_old, advantages, kl, clip, beta))
-    fwd = launcher(backend, "clipped_policy_loss", "clipped_policy_loss_fwd")
+    fwd = launcher(backend, _triton_kernels, "clipped_policy_loss_fwd")
     return tuple(fwd(logp_new, logp_old, advantages, kl, clip, beta))
 
 
@@ -65,7 +74,7 @@ def _loss_backward_op(grad_loss: torch.Tensor, logp_new: torch.Tensor, logp_old:
                       backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     if backend == "reference":
         return clipped_policy_loss_backward_reference(grad_loss, logp_new, logp_old, advantages, clip, beta)
-    bwd = launcher(backend, "clipped_policy_loss", "clipped_policy_loss_bwd")
+    bwd = launcher(backend, _triton_kernels, "clipped_policy_loss_bwd")
     return tuple(bwd(grad_loss.float().contiguous(), logp_new, logp_old, advantages, clip, beta, has_kl))
 
 

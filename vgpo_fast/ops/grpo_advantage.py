@@ -1,12 +1,22 @@
-"""`grpo_advantage`: the Flow-GRPO baseline advantage from terminal rewards (SPEC.md section 4)."""
+"""`grpo_advantage`: the Flow-GRPO baseline advantage from terminal rewards (docs/spec.md section 4.6)."""
 
 from __future__ import annotations
+
+from types import ModuleType
 
 import torch
 
 from ._backend import launcher, resolve_backend
 from ._validate import check_number, check_tensor, compute_dtype
 from .tcrm_adae import check_finite_rewards
+
+
+def _triton_kernels() -> ModuleType:
+    """This op's Triton launchers, kernels/grpo_advantage.py, imported on the first triton call and not with
+    this module: it imports triton (optional) and reads TRITON_INTERPRET when defined (see _backend)."""
+    from vgpo_fast.kernels import grpo_advantage as kernels
+
+    return kernels
 
 
 def grpo_advantage_reference(rewards: torch.Tensor, eps: float = 1e-4, adv_clip: float = 5.0,
@@ -23,7 +33,7 @@ def _grpo_advantage_impl(rewards: torch.Tensor, eps: float, adv_clip: float, glo
     check_finite_rewards("rewards", rewards)
     if backend == "reference":
         return grpo_advantage_reference(rewards, eps, adv_clip, global_std)
-    fwd = launcher(backend, "grpo_advantage", "grpo_advantage_fwd")
+    fwd = launcher(backend, _triton_kernels, "grpo_advantage_fwd")
     return fwd(rewards.float().contiguous(), eps, adv_clip, global_std)
 
 

@@ -1,11 +1,12 @@
 """`sde_log_prob`: log-probability of a taken SDE step under v_theta, and the closed-form KL to a reference.
 
-Training's per-step op (SPEC.md sections 2 and 5): logp [B] and kl [B] in one pass; the backward gives
+Training's per-step op (docs/spec.md sections 2.4 and 5.2): logp [B] and kl [B] in one pass; the backward gives
 d/dv_theta in one pass from the closed forms (gradients flow only through v_theta).
 """
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import NamedTuple
 
 import torch
@@ -26,6 +27,14 @@ from ._validate import (
 )
 
 
+def _triton_kernels() -> ModuleType:
+    """This op's Triton launchers, kernels/sde_log_prob.py, imported on the first triton call and not with
+    this module: it imports triton (optional) and reads TRITON_INTERPRET when defined (see _backend)."""
+    from vgpo_fast.kernels import sde_log_prob as kernels
+
+    return kernels
+
+
 class LogProbOutput(NamedTuple):
     logp: torch.Tensor  # [B] float32 (float64 for float64 inputs)
     kl: torch.Tensor  # [B]; zeros when no v_ref was given
@@ -35,7 +44,7 @@ def sde_log_prob_reference(x: torch.Tensor, v: torch.Tensor, x_next: torch.Tenso
                            sigma_next: torch.Tensor, v_ref: torch.Tensor | None = None, a: float = 0.7,
                            sde_type: str = "flow_grpo", reduce: str = "mean",
                            kl_form: str = "scale") -> LogProbOutput:
-    """SPEC.md sections 2 and 5 in plain torch (differentiable in v). Tensors `[B, ...]`; sigmas `[B]`."""
+    """docs/spec.md sections 2.4 and 5.2 in plain torch (differentiable in v). Tensors `[B, ...]`; sigmas `[B]`."""
     cdt = compute_dtype(x.dtype)
     view = (-1,) + (1,) * (x.dim() - 1)
     sig, sig_next = sigma.to(cdt).reshape(view), sigma_next.to(cdt).reshape(view)
@@ -54,7 +63,7 @@ def sde_log_prob_backward_reference(grad_logp: torch.Tensor, grad_kl: torch.Tens
                                     v: torch.Tensor, x_next: torch.Tensor, v_ref: torch.Tensor | None,
                                     sigma: torch.Tensor, sigma_next: torch.Tensor, a: float, sde_type: str,
                                     reduce: str, kl_form: str) -> torch.Tensor:
-    """d(grad_logp . logp + grad_kl . kl)/dv in closed form (SPEC.md section 5), in v's dtype.
+    """d(grad_logp . logp + grad_kl . kl)/dv in closed form (docs/spec.md section 5.4), in v's dtype.
 
     grad_v = w c_v (grad_logp (x_next - mean) / scale^2 + grad_kl (mean - mean_ref) / variance), with
     w = 1/N for reduce="mean", c_v = d mean / d v, variance = scale^2 or std^2 per kl_form.
@@ -80,7 +89,7 @@ def _sde_log_prob_op(x: torch.Tensor, v: torch.Tensor, x_next: torch.Tensor, v_r
     _check_stochastic(sigma, sigma_next, a, sde_type)
     if backend == "reference":
         return tuple(sde_log_prob_reference(x, v, x_next, sigma, sigma_next, v_ref, a, sde_type, reduce, kl_form))
-    fwd = launcher(backend, "sde_log_prob", "sde_log_prob_fwd")
+    fwd = launcher(backend, _triton_kernels, "sde_log_prob_fwd")
     return tuple(fwd(x, v, x_next, v_ref, sigma, sigma_next, a, SDE_TYPES[sde_type], reduce == "mean",
                      KL_FORMS[kl_form]))
 
@@ -99,7 +108,7 @@ def _sde_log_prob_backward_op(grad_logp: torch.Tensor, grad_kl: torch.Tensor, x:
     if backend == "reference":
         return sde_log_prob_backward_reference(grad_logp, grad_kl, x, v, x_next, v_ref, sigma, sigma_next, a, sde_type,
                                    reduce, kl_form)
-    bwd = launcher(backend, "sde_log_prob", "sde_log_prob_bwd")
+    bwd = launcher(backend, _triton_kernels, "sde_log_prob_bwd")
     return bwd(grad_logp.float().contiguous(), grad_kl.float().contiguous(), x, v, x_next, v_ref, sigma,
                sigma_next, a, SDE_TYPES[sde_type], reduce == "mean", KL_FORMS[kl_form])
 
@@ -158,7 +167,7 @@ def sde_log_prob(x: torch.Tensor, v: torch.Tensor, x_next: torch.Tensor, sigma: 
     check_number("a", a, low=0.0, high=1.0 if sde_type == "cps" else None)
     for name, t in (("x", x), ("x_next", x_next), ("v_ref", v_ref)):
         if t is not None and t.requires_grad:
-            raise ValueError(f"{name} requires grad, but gradients flow only through v (SPEC.md section 5): "
+            raise ValueError(f"{name} requires grad, but gradients flow only through v (docs/spec.md section 5.4): "
                              f"pass {name}.detach()")
     sig, sig_next = step_sigmas(sigma, sigma_next, x)
     batch = x.shape[0]

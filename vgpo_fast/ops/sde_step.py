@@ -1,10 +1,11 @@
-"""`sde_step`: one SDE sampling step with its log-probability and the one-step ODE projection (SPEC.md 2-3).
+"""`sde_step`: one SDE sampling step with its log-probability and the one-step ODE projection (docs/spec.md 2-3).
 
 Reads x, v, noise once; writes x_next, x0_hat = x - sigma * v and the per-sample log-probability logp [B].
 """
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import NamedTuple
 
 import torch
@@ -24,6 +25,14 @@ from ._validate import (
 )
 
 
+def _triton_kernels() -> ModuleType:
+    """This op's Triton launchers, kernels/sde_step.py, imported on the first triton call and not with
+    this module: it imports triton (optional) and reads TRITON_INTERPRET when defined (see _backend)."""
+    from vgpo_fast.kernels import sde_step as kernels
+
+    return kernels
+
+
 class SDEStepOutput(NamedTuple):
     x_next: torch.Tensor  # [B, ...] input dtype
     logp: torch.Tensor  # [B] float32 (float64 for float64 inputs); 0 for deterministic (scale 0) rows
@@ -33,7 +42,7 @@ class SDEStepOutput(NamedTuple):
 def sde_step_reference(x: torch.Tensor, v: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor,
                        sigma_next: torch.Tensor, a: float = 0.7, sde_type: str = "flow_grpo",
                        reduce: str = "mean") -> SDEStepOutput:
-    """SPEC.md section 2 in plain torch. x, v, noise `[B, ...]`; sigma, sigma_next `[B]`."""
+    """docs/spec.md section 2 in plain torch. x, v, noise `[B, ...]`; sigma, sigma_next `[B]`."""
     cdt = compute_dtype(x.dtype)
     view = (-1,) + (1,) * (x.dim() - 1)
     xs, vs, ns = x.to(cdt), v.to(cdt), noise.to(cdt)
@@ -52,7 +61,7 @@ def _sde_step_impl(x: torch.Tensor, v: torch.Tensor, noise: torch.Tensor, sigma:
     check_sigmas(sigma, sigma_next)
     if backend == "reference":
         return tuple(sde_step_reference(x, v, noise, sigma, sigma_next, a, sde_type, reduce))
-    fwd = launcher(backend, "sde_step", "sde_step_fwd")
+    fwd = launcher(backend, _triton_kernels, "sde_step_fwd")
     return tuple(fwd(x, v, noise, sigma, sigma_next, a, SDE_TYPES[sde_type], reduce == "mean"))
 
 

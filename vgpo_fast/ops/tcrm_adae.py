@@ -1,4 +1,4 @@
-"""`tcrm_adae`: VGPO's advantages from dense instant rewards (SPEC.md section 4, paper eqs. 11-14).
+"""`tcrm_adae`: VGPO's advantages from dense instant rewards (docs/spec.md section 4, paper eqs. 11-14).
 
 rewards R [P, G, T] -> discounted returns Q, temporal weights omega, group statistics, and the ADAE advantage
 A = clamp(omega ((Q - mu) / (s + eps) + k Q), -adv_clip, adv_clip), in one fused reduction per prompt group.
@@ -6,12 +6,21 @@ A = clamp(omega ((Q - mu) / (s + eps) + k Q), -adv_clip, adv_clip), in one fused
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import NamedTuple
 
 import torch
 
 from ._backend import launcher, resolve_backend
 from ._validate import check_number, check_tensor, compute_dtype
+
+
+def _triton_kernels() -> ModuleType:
+    """This op's Triton launchers, kernels/tcrm_adae.py, imported on the first triton call and not with
+    this module: it imports triton (optional) and reads TRITON_INTERPRET when defined (see _backend)."""
+    from vgpo_fast.kernels import tcrm_adae as kernels
+
+    return kernels
 
 
 class TCRMOutput(NamedTuple):
@@ -25,7 +34,7 @@ class TCRMOutput(NamedTuple):
 
 def tcrm_adae_reference(rewards: torch.Tensor, gamma: float = 0.9, k: float = 0.1, eps: float = 1e-4,
                         adv_clip: float = 5.0, omega: bool = True, global_std: bool = False) -> TCRMOutput:
-    """SPEC.md section 4 in plain torch. rewards `[P, G, T]` in sampling order (step 0 first)."""
+    """docs/spec.md section 4 in plain torch. rewards `[P, G, T]` in sampling order (step 0 first)."""
     R = rewards.to(compute_dtype(rewards.dtype))
     Q = torch.empty_like(R)
     running = torch.zeros_like(R[..., 0])
@@ -64,7 +73,7 @@ def _tcrm_adae_impl(rewards: torch.Tensor, gamma: float, k: float, eps: float, a
     check_finite_rewards("rewards", rewards)
     if backend == "reference":
         return tuple(tcrm_adae_reference(rewards, gamma, k, eps, adv_clip, omega, global_std))
-    fwd = launcher(backend, "tcrm_adae", "tcrm_adae_fwd")
+    fwd = launcher(backend, _triton_kernels, "tcrm_adae_fwd")
     A, Q, w, mu, s, fallback = fwd(rewards.float().contiguous(), gamma, k, eps, adv_clip, omega, global_std)
     return A, Q, w, mu, s, fallback.mean()
 
