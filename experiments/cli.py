@@ -1,13 +1,13 @@
-"""`vgpo-fast experiment NAME`: run (or resume) an experiment's training runs, then write its results."""
+"""`vgpo-fast experiment NAME`: run (or resume) an experiment's training runs, then write its results.
+
+Building the parser imports nothing heavy (`vgpo-fast experiment --help` must not import torch): the registry (it
+reads the estimator registry, hence torch), the runner and the analysis are imported when the command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-from .analysis import analyze, write
-from .registry import EXPERIMENTS, get_experiment
-from .runner import plan, run_all
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -19,7 +19,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def add_experiment_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("experiment", help="run an evidence experiment (variants x seeds) and write its results")
-    p.add_argument("name", nargs="?", help=f"one of: {', '.join(EXPERIMENTS)}")
+    p.add_argument("name", nargs="?", help="the experiment to run (`--list` lists them)")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
     p.add_argument("--out", default="runs/experiments", help="where the runs and results go")
     p.add_argument("--jobs", type=int, default=2, help="training processes at once")
@@ -34,6 +34,10 @@ def add_experiment_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentP
 
 
 def run_experiment_command(args: argparse.Namespace) -> int:
+    from .analysis import analyze, write
+    from .registry import EXPERIMENTS, get_experiment
+    from .runner import plan, run_all
+
     if args.list or not args.name:
         for e in EXPERIMENTS.values():
             print(f"{e.name:<16} {len(e.variants)} variants x {len(e.seeds)} seeds, {e.iterations} iterations: "

@@ -7,6 +7,8 @@
 
 Writes `<out>/profile.json`, `<out>/timeline.png`, `<out>/breakdown.png` (and `<out>/trace.json` with --trace).
 Wired into `vgpo_fast.cli` by `add_profile_parser(sub)`; also runs as `python -m vgpo_fast.profiling.cli`.
+Building the parser imports nothing heavy (`vgpo-fast profile --help` must not import torch): the cost model, the
+profiler and the mode registry (they import torch) are imported by the functions that use them.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import math
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .cost_model import OpCosts, Workload, predict, prediction_table
-from .profiler import MODES
+if TYPE_CHECKING:
+    from .cost_model import OpCosts, Workload
 
 __all__ = ["add_profile_parser", "main", "run_profile", "validate_cost_model"]
 
@@ -35,16 +37,26 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+# `modes.DEFAULT_MODES`, spelled out: importing `modes` imports the estimator registry, hence torch, and the help
+# must not (tests/test_cli.py checks that the two agree).
+_DEFAULT_MODES = ("flow_grpo", "vgpo-serial", "vgpo-overlap", "vgpo-sparse")
+
+
 def _modes(text: str) -> list[str]:
+    from .modes import available_modes  # only when --modes is given: it imports the estimators (torch)
+
     modes = [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in modes if m not in MODES]
+    known = available_modes()
+    bad = [m for m in modes if m not in known]
     if bad or not modes:
-        raise argparse.ArgumentTypeError(f"modes must be some of {', '.join(MODES)}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"modes must be some of {', '.join(known)}, got {text!r}")
     return modes
 
 
 def load_costs(spec: str) -> OpCosts:
     """A JSON file of OpCosts fields, or `key=value,key=value` (seconds per sample)."""
+    from .cost_model import OpCosts
+
     path = Path(spec)
     if path.is_file():
         return OpCosts.parse(json.loads(path.read_text()))
@@ -62,7 +74,9 @@ def add_profile_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--config", default=None, help="YAML config (default: the built-in CPU default)")
     p.add_argument("--iters", type=int, default=3, help="measured rounds per mode (0: no run, --predict only)")
     p.add_argument("--warmup", type=int, default=1, help="rounds dropped before measuring")
-    p.add_argument("--modes", type=_modes, default=list(MODES), help=f"comma-separated, of {', '.join(MODES)}")
+    p.add_argument("--modes", type=_modes, default=list(_DEFAULT_MODES),
+                   help=f"comma-separated profiler modes: an estimator's name, or NAME-serial|overlap|sparse for a "
+                        f"dense one (default: {','.join(_DEFAULT_MODES)})")
     p.add_argument("--train", action="store_true", help="include advantages and the update in each iteration")
     p.add_argument("--sparse-k", type=int, default=2, help="vgpo-sparse: reward every k steps")
     p.add_argument("--random-init", action="store_true",
@@ -85,6 +99,8 @@ def add_profile_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
 
 
 def workload_of(meta: dict[str, Any], mode: str, train: bool | None = None) -> Workload:
+    from .cost_model import Workload
+
     k = meta["train_steps_per_trajectory"]  # None (T - 1, following T in a table) when it is the default
     return Workload(mode=mode, T=meta["T"], P=meta["P"], G=meta["G"], sparse_k=meta["sparse_k"],
                     max_in_flight=meta["max_in_flight"], train=meta["train"] if train is None else train,
@@ -94,6 +110,8 @@ def workload_of(meta: dict[str, Any], mode: str, train: bool | None = None) -> W
 
 def validate_cost_model(report: dict[str, Any], source: str = "vgpo-serial") -> dict[str, Any]:
     """Per-op costs from `source`'s iterations; predicted vs measured mean iteration time of every mode."""
+    from .cost_model import OpCosts, predict
+
     if source not in report["modes"]:
         source = next(iter(report["modes"]))
     costs = OpCosts.from_profile(report, source)
@@ -146,6 +164,8 @@ def _build_trainer(args: argparse.Namespace, cfg):
 
 def run_profile(args: argparse.Namespace) -> int:
     from vgpo_fast.train.config import load
+
+    from .cost_model import OpCosts, Workload, prediction_table
 
     cfg = load(args.config, args.overrides)
     if args.iters < 0 or args.warmup < 0:

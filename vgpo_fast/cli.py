@@ -1,4 +1,8 @@
-"""`vgpo-fast` command line: one subcommand per job; errors are one clear line, not a traceback."""
+"""`vgpo-fast` command line: one subcommand per job; errors are one clear line, not a traceback.
+
+Building the parser imports nothing heavy (torch, diffusers, peft, ...), so that `vgpo-fast ... --help` answers
+at once: each handler imports what its command needs (tests/test_cli.py checks this).
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ def _backends(_args: argparse.Namespace) -> int:
 def _pretrain(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from .tasks.pretrain import PretrainConfig, pretrain
+    from .tasks.pretrain import pretrain
+    from .tasks.pretrain_config import PretrainConfig
 
     if args.threads:
         import torch
@@ -35,7 +40,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
-    from .tasks.pretrain import PretrainConfig
+    from .tasks.pretrain_config import PretrainConfig  # the defaults, without importing torch (tasks.pretrain does)
 
     p = sub.add_parser("pretrain", help="flow-matching pretraining of a built-in task's tiny base model (CPU)")
     p.add_argument("--task", default="shapes", help="shapes | text")
@@ -57,7 +62,7 @@ def _load_train_config(args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import distributed
+    from . import distributed
     from .train.run import train
 
     cfg = _load_train_config(args)  # a config error is reported once, before any process is started
@@ -170,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                    add_help=False).set_defaults(handler=None)
     args, rest = parser.parse_known_args(argv)
     if args.command == "reward-server":
+        import vgpo_fast.tasks.registry  # noqa: F401  (registers the task rewards (shapes) with the reward registry)
+
         from .rewards.server import main as reward_server_main
 
         return reward_server_main(rest)

@@ -1,4 +1,8 @@
-"""torch.compile and FP8 training (torchao float8) for the transformer."""
+"""torch.compile and FP8 training (torchao float8) for the transformer.
+
+torchao is imported only when FP8 is asked for (`fp8_supported`, `enable_fp8_training`): importing it loads
+kernels and registers types, which costs time and, on CPU-only torch builds, logs harmless load failures.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,6 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-
-from vgpo_fast.models.transformer import unwrap
 
 __all__ = ["enable_fp8_training", "fp8_supported", "maybe_compile"]
 
@@ -21,7 +23,7 @@ def maybe_compile(model: nn.Module, mode: str | None = "default", backend: str =
     if mode is None or mode == "none":
         return model
     kwargs = {} if mode == "default" else {"mode": mode}
-    return torch.compile(unwrap(model), backend=backend, fullgraph=fullgraph, dynamic=dynamic, **kwargs)
+    return torch.compile(_unwrap(model), backend=backend, fullgraph=fullgraph, dynamic=dynamic, **kwargs)
 
 
 def fp8_supported(device: torch.device | str | None = None) -> tuple[bool, str]:
@@ -42,6 +44,13 @@ def fp8_supported(device: torch.device | str | None = None) -> tuple[bool, str]:
     return True, ""
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    """`transformer.unwrap`, without importing diffusers (which `vgpo_fast.models.transformer` does) until needed."""
+    from vgpo_fast.models.transformer import unwrap
+
+    return unwrap(model)
+
+
 def _default_filter(module: nn.Module, fqn: str) -> bool:
     # float8 matmuls need both dims divisible by 16; adapters stay in high precision (they are tiny).
     return (isinstance(module, nn.Linear) and "lora_" not in fqn
@@ -55,7 +64,7 @@ def enable_fp8_training(model: nn.Module, module_filter_fn: Callable[[nn.Module,
     Default filter: linears with both dims divisible by 16, LoRA layers excluded. `device` defaults to the model's.
     Raises RuntimeError where the hardware or install cannot run float8 training.
     """
-    base = unwrap(model)
+    base = _unwrap(model)
     if device is None:
         first = next(base.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
