@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
+from vgpo_fast.train.estimators import estimator_names
+
 
 @dataclass(frozen=True)
 class Experiment:
@@ -28,12 +30,9 @@ class Experiment:
     reference: str | None = "flow_grpo"
 
 
-_ABLATION = {
-    "flow_grpo": ("algorithm.name=flow_grpo",),
-    "vgpo": ("algorithm.name=vgpo",),
-    "vgpo_no_tcrm": ("algorithm.name=vgpo", "algorithm.tcrm=false"),
-    "vgpo_no_adae": ("algorithm.name=vgpo", "algorithm.adae=false"),
-}
+# The paper's Table 2 ablation: every built-in estimator (flow_grpo, vgpo, vgpo_no_tcrm, vgpo_no_adae), one
+# variant each, read from the registry (`vgpo_fast.train.estimators`) when this module is first imported.
+_ABLATION = {name: (f"algorithm.name={name}",) for name in estimator_names()}
 
 EXPERIMENTS: dict[str, Experiment] = {
     e.name: e for e in [

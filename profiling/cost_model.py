@@ -24,9 +24,13 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from vgpo_fast.rollout.schedule import reward_steps
+
+from .modes import DEFAULT_MODES, available_modes, parse_mode
+
 __all__ = ["OpCosts", "Prediction", "Workload", "evaluated_steps", "predict", "prediction_table"]
 
-MODES = ("flow_grpo", "vgpo-serial", "vgpo-overlap", "vgpo-sparse")
+MODES = DEFAULT_MODES  # the name of earlier versions
 
 
 @dataclass
@@ -101,8 +105,8 @@ class Workload:
     grad_accum: int = 4
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode not in available_modes():
+            raise ValueError(f"Workload.mode must be one of {available_modes()}, got {self.mode!r}")
         for name in ("T", "P", "G", "gpus", "sparse_k", "max_in_flight", "inner_epochs", "minibatch_size",
                      "grad_accum"):
             if getattr(self, name) < 1:
@@ -122,12 +126,9 @@ class Prediction:
 
 
 def evaluated_steps(mode: str, T: int, sparse_k: int = 2) -> list[int]:
-    """S of a mode: [T-1] for flow_grpo, every step for the dense modes, every k-th ending at T-1 for sparse."""
-    if mode == "flow_grpo":
-        return [T - 1]
-    if mode == "vgpo-sparse":
-        return sorted({j for j in range(T - 1, -1, -sparse_k)})
-    return list(range(T))
+    """S of a mode: [T-1] for terminal-reward estimators, every step for the dense modes, every k-th ending at
+    T-1 for sparse (the trainer's `reward_steps`)."""
+    return reward_steps(T, parse_mode(mode).reward_steps(T, sparse_k))
 
 
 def predict(costs: OpCosts, w: Workload) -> Prediction:
@@ -136,7 +137,7 @@ def predict(costs: OpCosts, w: Workload) -> Prediction:
     S = set(evaluated_steps(w.mode, w.T, w.sparse_k))
     step = n * (costs.transformer_step + costs.sde_step)
     job = n * (costs.decode + costs.reward)
-    overlap = w.mode != "vgpo-serial"
+    overlap = parse_mode(w.mode).overlap
     t = 0.0  # the main thread's clock
     worker_free = 0.0
     completions: list[float] = []
@@ -178,7 +179,7 @@ def predict(costs: OpCosts, w: Workload) -> Prediction:
 
 
 def prediction_table(costs: OpCosts, base: Workload, Ts: list[int], Gs: list[int], Ps: list[int],
-                     gpus: list[int], modes: tuple[str, ...] = MODES) -> list[dict[str, Any]]:
+                     gpus: list[int], modes: tuple[str, ...] = DEFAULT_MODES) -> list[dict[str, Any]]:
     """Rows {mode, T, G, P, gpus, rollout, reward_wait, train, total, overhead (total / flow_grpo's)} over the
     grid (base supplies the other settings)."""
     rows = []

@@ -6,11 +6,13 @@ per step on two lanes.
     report = prof.profile(iters=3, warmup=1, train=True)     # a JSON-ready dict (`summarise`)
     prof.close()
 
-Modes (one `RewardPipeline` each, over the trainer's own reward, decoder, transformer and schedule):
+Modes (one `RewardPipeline` each, over the trainer's own reward, decoder, transformer and schedule) come from the
+estimator registry (`modes.py`); the default ones:
 - `flow_grpo`:     the terminal reward only (S = {T-1}), GRPO advantages;
 - `vgpo-serial`:   dense rewards (S = all steps), the rollout waits for each one (overlap off);
 - `vgpo-overlap`:  dense rewards decoded and scored by the worker while the next steps run;
 - `vgpo-sparse`:   rewards every k steps (S = `reward_steps(T, k)`), overlapped.
+Every mode runs the trainer's own rollout, advantages (its mode's estimator) and update.
 
 Each iteration is a partition of its wall time into contiguous segments of the main lane: `setup` (prompts,
 noise, prompt encoding, gathering results), per step j `transformer` (the CFG velocity), `sde_op` (sde_step and
@@ -30,7 +32,6 @@ Modes run round-robin, the order reversed every round, so a change in the machin
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import os
 import platform
@@ -41,17 +42,18 @@ from typing import Any
 
 import torch
 
-from vgpo_fast.rewards.base import finite_group_mask
+from vgpo_fast.rollout.collect import RolloutBatch
 from vgpo_fast.rollout.engine import RewardPipeline
-from vgpo_fast.rollout.schedule import sde_window
-from vgpo_fast.train.advantages import compute_advantages
-from vgpo_fast.train.trainer import RolloutBatch, Trainer
+from vgpo_fast.train.estimators import AdvantageResult
+from vgpo_fast.train.trainer import Trainer
+from vgpo_fast.train.update import train_steps_per_trajectory
 
 from .clock import Clock
+from .modes import DEFAULT_MODES, Mode, available_modes, parse_mode
 
-__all__ = ["MAIN_PHASES", "MODES", "Profiler", "interval_overlap", "summarise"]
+__all__ = ["DEFAULT_MODES", "MAIN_PHASES", "MODES", "Profiler", "available_modes", "interval_overlap", "summarise"]
 
-MODES = ("flow_grpo", "vgpo-serial", "vgpo-overlap", "vgpo-sparse")
+MODES = DEFAULT_MODES  # the name of earlier versions
 MAIN_PHASES = ("setup", "transformer", "sde_op", "reward_wait", "reward_finish", "advantage", "train")
 
 
@@ -89,34 +91,20 @@ class Profiler:
     `reward_pipeline` is left alone; `update` (train=True) moves the trainer's weights as training does.
     """
 
-    def __init__(self, trainer: Trainer, sparse_k: int = 2, modes: Sequence[str] = MODES) -> None:
-        bad = [m for m in modes if m not in MODES]
+    def __init__(self, trainer: Trainer, sparse_k: int = 2, modes: Sequence[str] = DEFAULT_MODES) -> None:
+        bad = [m for m in modes if m not in available_modes()]
         if bad or not modes:
-            raise ValueError(f"modes must be a non-empty subset of {MODES}, got {list(modes)}")
+            raise ValueError(f"modes must be a non-empty list of {available_modes()}, got {list(modes)}")
         if isinstance(sparse_k, bool) or not isinstance(sparse_k, int) or sparse_k < 1:
             raise ValueError(f"sparse_k must be an int >= 1, got {sparse_k!r}")
-        self.trainer, self.sparse_k, self.modes = trainer, sparse_k, tuple(modes)
-        cfg = trainer.cfg
-        self.T = cfg.rollout.steps
-        self.pipelines: dict[str, RewardPipeline] = {}
-        for mode in self.modes:
-            spec, overlap = self.mode_settings(mode)
-            self.pipelines[mode] = RewardPipeline(trainer.reward, trainer.pipe.decode, self.T, reward_steps=spec,
-                                                  overlap=overlap, max_in_flight=cfg.reward.max_in_flight,
-                                                  worker_threads=cfg.reward.worker_threads)
+        self.trainer, self.sparse_k = trainer, sparse_k
+        self.mode_of: dict[str, Mode] = {m: parse_mode(m) for m in modes}
+        self.modes = tuple(self.mode_of)
+        self.T = trainer.cfg.rollout.steps
+        self.pipelines: dict[str, RewardPipeline] = {
+            name: trainer.make_reward_pipeline(mode.reward_steps(self.T, sparse_k), mode.overlap)
+            for name, mode in self.mode_of.items()}
         self.clock = Clock(trainer.device)
-
-    def mode_settings(self, mode: str) -> tuple[Any, bool]:
-        """(reward-steps spec, overlap) of a mode."""
-        return {"flow_grpo": ([self.T - 1], True), "vgpo-serial": ("all", False), "vgpo-overlap": ("all", True),
-                "vgpo-sparse": (self.sparse_k, True)}[mode]
-
-    def algorithm(self, mode: str):
-        alg = copy.copy(self.trainer.cfg.algorithm)
-        alg.name = "flow_grpo" if mode == "flow_grpo" else "vgpo"
-        if mode == "flow_grpo":
-            alg.tcrm = alg.adae = True
-        return alg
 
     # ------------------------------------------------------------------------------------------ one iteration
     def _rollout(self, mode: str, iteration: int, marks: list) -> tuple[RolloutBatch, list[dict]]:
@@ -134,14 +122,8 @@ class Profiler:
         batch = self.trainer.rollout(iteration, reward_pipeline=self.pipelines[mode], probe=probe)
         return batch, batch.reward_chunks
 
-    def _advantages(self, mode: str, batch: RolloutBatch) -> tuple[Any, torch.Tensor]:
-        cfg = self.trainer.cfg
-        P, G, T = cfg.rollout.prompts_per_iter, cfg.rollout.group_size, self.T
-        R = batch.rewards.reshape(P, G, T)
-        keep = finite_group_mask(R[..., self.pipelines[mode].steps])
-        R = torch.where(keep.view(P, 1, 1), R, torch.zeros_like(R))
-        adv = compute_advantages(R, self.algorithm(mode))
-        return adv, keep
+    def _advantages(self, mode: str, batch: RolloutBatch) -> tuple[AdvantageResult, torch.Tensor]:
+        return self.trainer.advantages(batch, self.mode_of[mode].estimator, steps=self.pipelines[mode].steps)
 
     def iteration(self, mode: str, iteration: int, train: bool = False) -> dict[str, Any]:
         """One instrumented iteration; returns its record (times in seconds from the iteration's start)."""
@@ -243,21 +225,10 @@ class Profiler:
                 "chunk_size": cfg.rollout.chunk_size, "guidance_scale": cfg.rollout.guidance_scale,
                 "sparse_k": self.sparse_k, "max_in_flight": cfg.reward.max_in_flight,
                 "worker_threads": cfg.reward.worker_threads, "train": train,
-                "train_steps_per_trajectory": self.train_steps_per_trajectory(),
+                "train_steps_per_trajectory": train_steps_per_trajectory(cfg),
                 "minibatch_size": cfg.train.minibatch_size, "grad_accum": cfg.train.grad_accum,
                 "inner_epochs": cfg.train.inner_epochs,
                 "reward_steps": {m: self.pipelines[m].steps for m in self.modes}}
-
-    def train_steps_per_trajectory(self) -> int:
-        """K: the training steps of one trajectory per inner epoch (stochastic steps, the last excluded unless
-        `train.train_last_step`, capped by `train.steps_per_iter`)."""
-        cfg = self.trainer.cfg
-        window = tuple(cfg.rollout.sde_window) if cfg.rollout.sde_window is not None else None
-        mask = sde_window(self.T, window).clone()
-        if not cfg.train.train_last_step:
-            mask[-1] = False
-        k = int(mask.sum())
-        return k if cfg.train.steps_per_iter is None else min(k, cfg.train.steps_per_iter)
 
     @contextlib.contextmanager
     def chrome_trace(self, path: str) -> Iterator[None]:

@@ -1,5 +1,6 @@
-"""Multi-process training on torch.distributed (DESIGN.md, data flow step 3): process group, rank-invariant work
-split, collectives with clear failures, DDP / FSDP2 wrapping, full-state checkpoints, and `launch` for `--nproc`.
+"""Multi-process training on torch.distributed (docs/architecture.md: one iteration): process group,
+rank-invariant work split, collectives with clear failures, DDP / FSDP2 wrapping, full-state checkpoints, and
+`launch` for `--nproc`.
 
 Started by torchrun (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`/`MASTER_PORT` in the environment): NCCL on
 CUDA, gloo on CPU. Without those variables everything here is the identity and costs nothing.

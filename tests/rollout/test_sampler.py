@@ -36,7 +36,7 @@ def gaussian_alpha(t: float, sd: float) -> float:
 
 def exact_chain_std(sig: list[float], sd: float, a: float, sde_type: str) -> float:
     """The exact std of x_T for the discrete chain on 1-D Gaussian data: x' = c_x x + c_v v(x) + scale eps with v
-    affine, so Var' = (c_x + c_v alpha)^2 Var + scale^2. Coefficients from SPEC.md section 2 (written afresh)."""
+    affine, so Var' = (c_x + c_v alpha)^2 Var + scale^2. Coefficients from docs/spec.md section 2 (written afresh)."""
     var = 1.0
     for s, sn in zip(sig[:-1], sig[1:], strict=True):
         dt = sn - s
@@ -182,7 +182,7 @@ def test_train_mask_last_step(sde_type: str, train_last: bool, expected_last: bo
 
 @pytest.mark.parametrize("sde_type", ["flow_grpo", "cps"])
 def test_gaussian_marginals(sde_type: str) -> None:
-    """Mean is preserved exactly in expectation; the std equals the discrete chain's exact std (SPEC's step on
+    """Mean is preserved exactly in expectation; the std equals the discrete chain's exact std (docs/spec.md's step on
     1-D Gaussian data, computed in closed form), within Monte-Carlo tolerance."""
     N, D, T, sd, a = 4000, 2, 40, 0.3, 0.7
     mu = torch.tensor([0.5, -1.0], dtype=torch.float64)

@@ -85,7 +85,7 @@ def test_fill_is_constant_on_segments(T: int, data) -> None:
     R = fill_sparse_rewards(R_eval, S, T)
     assert R.shape == (2, 3, T)
     for j in range(T):
-        m = min(s for s in S if s >= j)  # SPEC.md section 3, literally
+        m = min(s for s in S if s >= j)  # docs/spec.md section 3, literally
         torch.testing.assert_close(R[..., j], R_eval[..., S.index(m)], rtol=0, atol=0)
     lo = 0
     for i, m in enumerate(S):  # constant on each segment (S[i-1], S[i]]

@@ -17,8 +17,8 @@ import safetensors.torch
 import torch
 from helpers_train import TINY_OVERRIDES, save_tiny_model
 
-from vgpo_fast.train import distributed
-from vgpo_fast.train.distributed import World
+from vgpo_fast import distributed
+from vgpo_fast.distributed import World
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -24,8 +24,8 @@ from vgpo_fast.train.trainer import Trainer
 ALGORITHMS = {
     "vgpo": [],
     "flow_grpo": ["algorithm.name=flow_grpo"],
-    "vgpo_no_tcrm": ["algorithm.tcrm=false"],
-    "vgpo_no_adae": ["algorithm.adae=false"],
+    "vgpo_no_tcrm": ["algorithm.name=vgpo_no_tcrm"],
+    "vgpo_no_adae": ["algorithm.name=vgpo_no_adae"],
 }
 
 
@@ -58,7 +58,7 @@ def finite_numbers(record: dict) -> list[tuple[str, float]]:
 def test_each_algorithm_trains_with_finite_metrics(algorithm: str) -> None:
     trainer = make_trainer(*ALGORITHMS[algorithm])
     before = [p.detach().clone() for p in trainer.params]
-    records = [trainer.iteration(it) for it in range(2)]
+    records = [trainer.iteration(it).to_json() for it in range(2)]
     trainer.close()
     for rec in records:
         bad = [(k, v) for k, v in finite_numbers(rec) if not math.isfinite(v)]
@@ -85,7 +85,7 @@ def test_advantages_and_loss_match_float64_reference(algorithm: str) -> None:
     adv, keep = trainer.advantages(batch)
     assert bool(keep.all())
 
-    # Advantages: the float64 reference of SPEC.md section 4 on the same rewards.
+    # Advantages: the float64 reference of docs/spec.md section 4 on the same rewards.
     R = batch.rewards.reshape(P, G, T).double()
     alg = cfg.algorithm
     if algorithm == "flow_grpo":
@@ -126,9 +126,9 @@ def test_advantages_and_loss_match_float64_reference(algorithm: str) -> None:
                 losses.append(float(out.loss))
     upd = trainer.update(batch, adv, keep, 0)
     trainer.close()
-    assert upd["optimizer_steps"] == 1
-    assert upd["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-4, abs=1e-6)
-    assert upd["ratio_dev"] < 1e-4  # every micro-step at the rollout's weights: ratio 1
+    assert upd.optimizer_steps == 1
+    assert upd.loss == pytest.approx(sum(losses) / len(losses), rel=1e-4, abs=1e-6)
+    assert upd.ratio_dev < 1e-4  # every micro-step at the rollout's weights: ratio 1
 
 
 @pytest.mark.parametrize("precision", ["no", "bf16"])
@@ -140,8 +140,8 @@ def test_rollout_and_training_log_probs_agree_before_any_update(precision: str) 
     upd = trainer.update(batch, adv, keep, 0)
     trainer.close()
     # The training pass recomputes each step's log-prob under the same weights and autocast: the ratio is 1.
-    assert upd["ratio_dev"] < 1e-4
-    assert upd["clip_frac"] == 0.0
+    assert upd.ratio_dev < 1e-4
+    assert upd.clip_frac == 0.0
 
 
 def test_overlap_on_and_off_give_identical_samples_rewards_and_losses() -> None:
@@ -157,7 +157,7 @@ def test_overlap_on_and_off_give_identical_samples_rewards_and_losses() -> None:
     assert torch.equal(b1.latents, b2.latents)
     assert torch.equal(b1.logp, b2.logp)
     assert torch.equal(b1.rewards, b2.rewards)
-    assert u1["loss"] == u2["loss"]
+    assert u1.loss == u2.loss
     assert all(torch.equal(a, b) for a, b in zip(p1, p2, strict=True))
 
 
@@ -227,3 +227,13 @@ def test_heldout_drift_is_zero_for_the_base_and_the_mean_pixel_change_after_upda
     assert after["heldout_drift"] == pytest.approx(want, rel=1e-6) and after["heldout_drift"] > 0.0
     with pytest.raises(ValueError, match="base_images must match"):
         trainer.evaluate(base[:1])
+
+
+def test_legacy_ablation_keys_load_as_the_estimators_and_unknown_names_are_refused() -> None:
+    assert load(None, ["algorithm.tcrm=false"]).algorithm.name == "vgpo_no_tcrm"
+    assert load(None, ["algorithm.adae=false"]).algorithm.name == "vgpo_no_adae"
+    assert load(None, ["algorithm.tcrm=true", "algorithm.adae=true"]).algorithm.name == "vgpo"
+    with pytest.raises(ConfigError, match=r"use algorithm\.name=flow_grpo"):
+        load(None, ["algorithm.tcrm=false", "algorithm.adae=false"])
+    with pytest.raises(ConfigError, match=r"unknown algorithm 'vgpo_no_tcr'.*did you mean 'vgpo_no_tcrm'"):
+        load(None, ["algorithm.name=vgpo_no_tcr"])

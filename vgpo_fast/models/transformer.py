@@ -1,6 +1,6 @@
 """The MMDiT velocity model: diffusers' `SD3Transformer2DModel`, from a tiny config or a local directory.
 
-Convention (SPEC.md section 1): the model predicts `v = x1 - x0` and is conditioned on `timestep = sigma * 1000`.
+Convention (docs/spec.md section 1): the model predicts `v = x1 - x0` and is conditioned on `timestep = sigma * 1000`.
 Attention runs through diffusers' default `JointAttnProcessor2_0`, i.e. `F.scaled_dot_product_attention` (SDPA).
 """
 

@@ -1,12 +1,12 @@
-"""The pipelined reward engine (DESIGN.md, data flow step 2): decode + score each projection x0_hat_j while the
-sampler runs the next denoising steps.
+"""The pipelined reward engine (docs/architecture.md: one iteration): decode + score each projection x0_hat_j
+while the sampler runs the next denoising steps.
 
     with RewardPipeline(reward, pipe.decode, T, reward_steps=2) as rp:
         rp.begin(prompts)                                                  # B = len(prompts)
         traj = sample_trajectories(v_fn, noise, sig, on_projection=rp)     # rp(j, x0_hat_j) per step
         result = rp.finish()                                               # rewards [B, T] float32
 
-Per evaluated step j in S = `reward_steps(T, spec)` (SPEC.md section 3; other steps are a no-op and take the
+Per evaluated step j in S = `reward_steps(T, spec)` (docs/spec.md section 3; other steps are a no-op and take the
 reward of the next evaluated step, `fill_sparse_rewards`), `__call__` clones `x0_hat_j` (the job owns its data)
 and hands it to one worker thread, which decodes it (`intermediate_decode` for j < T-1 when given, `decode`
 always for the terminal j = T-1) and scores the images:
@@ -51,11 +51,13 @@ naming the step, chained to the original; every job releases its slot whatever h
 from __future__ import annotations
 
 import concurrent.futures as cf
+import math
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -64,7 +66,7 @@ from .schedule import RewardStepsSpec, fill_sparse_rewards, reward_steps
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 
-__all__ = ["RewardPipeline", "RewardResult"]
+__all__ = ["RewardPipeline", "RewardResult", "merge_timings", "overlap_fraction"]
 
 
 @dataclass
@@ -403,14 +405,32 @@ class RewardPipeline:
         wait_steps = [batch.wait_s.get(j, 0.0) for j in self.steps]
         busy = sum(decode) + sum(reward)
         wait = sum(wait_steps) + batch.finish_wait_s
-        overlap_frac = min(1.0, max(0.0, 1.0 - wait / busy)) if busy > 0 else 0.0
         return {"decode": sum(decode), "reward": sum(reward), "wait": wait, "wait_finish": batch.finish_wait_s,
                 "enqueue": batch.enqueue_s,
                 "per_step": {"steps": list(self.steps), "decode": decode, "reward": reward, "wait": wait_steps,
                              "start": [batch.start_t.get(j, float("nan")) for j in self.steps],
                              "decode_end": [batch.decode_end_t.get(j, float("nan")) for j in self.steps],
                              "end": [batch.end_t.get(j, float("nan")) for j in self.steps]},
-                "overlap_frac": overlap_frac, "max_pending": batch.max_pending, "mode": self.mode}
+                "overlap_frac": overlap_fraction(wait, busy), "max_pending": batch.max_pending, "mode": self.mode}
+
+
+def overlap_fraction(wait: float, busy: float) -> float:
+    """The share of the reward work (`busy`: decode + reward seconds) that the rollout did not wait for
+    (`wait` seconds): 1 - wait / busy, clipped to [0, 1]; 0 when there was no reward work."""
+    frac = 1.0 - wait / busy if busy > 0 else 0.0
+    return float(min(1.0, max(0.0, frac))) if math.isfinite(frac) else 0.0
+
+
+def merge_timings(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One batch's engine timings from its chunks' (`RewardResult.timings`): seconds summed, and the overlap
+    fraction of the sums."""
+    out: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, (int, float)) and key not in ("overlap_frac", "chunk"):
+                out[key] = out.get(key, 0.0) + float(value)
+    out["overlap_frac"] = overlap_fraction(out.get("wait", 0.0), out.get("decode", 0.0) + out.get("reward", 0.0))
+    return out
 
 
 def _steps(num_steps: int, spec: RewardStepsSpec) -> list[int]:

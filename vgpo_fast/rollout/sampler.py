@@ -1,7 +1,7 @@
-"""The rollout sampler (DESIGN.md, data flow step 2): T SDE/ODE steps with log-probabilities and projections.
+"""The rollout sampler: T SDE/ODE steps with log-probabilities and projections.
 
 Step j: v_j = velocity_fn(x_j, sigma_j); `sde_step` -> x_{j+1}, logp_j and x0_hat = x_j - sigma_j v_j, which is
-the one-step ODE projection of the *previous* action, x0_hat_{j-1} (SPEC.md section 3: no extra model call).
+the one-step ODE projection of the *previous* action, x0_hat_{j-1} (docs/spec.md section 3: no extra model call).
 It is handed to `on_projection(j - 1, x0_hat)` at once, so that reward work can overlap step j+1; after the loop
 x_T is x0_hat_{T-1} (sigma_T = 0).
 
@@ -35,7 +35,7 @@ class Trajectory:
                  returned it; 0 for deterministic steps (ODE steps, scale 0).
     sigmas:      [T+1] the schedule the rollout used (CPU).
     train_mask:  [T] bool (CPU); True for training-eligible steps: stochastic (SDE step with scale > 0) and, unless
-                 train_last_step, not the last step T-1 (SPEC.md section 2).
+                 train_last_step, not the last step T-1 (docs/spec.md section 2).
     sde_mask:    [T] bool (CPU); True where the step ran with noise level a (the SDE window), False for ODE steps.
     projections: [T, B, ...] x's dtype, projections[j] = x0_hat_j; None unless keep_projections=True.
     """
@@ -89,7 +89,7 @@ def _sde_mask(T: int, sde_steps: tuple[int, int] | Sequence[bool] | torch.Tensor
 
 
 def _is_stochastic(sigma: float, sigma_next: float, a: float, sde_type: str) -> bool:
-    """Whether the step sigma -> sigma_next with noise level a has scale > 0 (SPEC.md section 2)."""
+    """Whether the step sigma -> sigma_next with noise level a has scale > 0 (docs/spec.md section 2)."""
     if a <= 0:
         return False
     if sde_type == "cps":

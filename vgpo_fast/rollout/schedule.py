@@ -1,4 +1,4 @@
-"""Sampling schedule, the sparse reward-step set S (SPEC.md section 3) and the SDE window (Flow-GRPO-Fast).
+"""Sampling schedule, the sparse reward-step set S (docs/spec.md section 3) and the SDE window (Flow-GRPO-Fast).
 
     sigmas(T, shift)                 -> [T+1] float32, 1 = sigma_0 > ... > sigma_T = 0 (diffusers' schedule)
     timesteps(sigmas)                -> [T] the model's conditioning, sigma_j * 1000

@@ -1,6 +1,6 @@
 """`vgpo-fast pretrain`: flow-matching pretraining of a task's tiny MMDiT and text encoder on the CPU.
 
-SPEC.md section 1: x_t = (1 - t) x_0 + t x_1, target v = x_1 - x_0, timestep = t * 1000; t is logit-normal
+docs/spec.md (pretraining): x_t = (1 - t) x_0 + t x_1, target v = x_1 - x_0, timestep = t * 1000; t is logit-normal
 (SD3's choice); a fraction of prompts is replaced by the empty prompt so that CFG works. Ground truth comes from
 the task's renderer over the *training* prompts only (category-uniform draws); held-out prompts stay unseen.
 
@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 
@@ -27,33 +27,14 @@ import torch
 from vgpo_fast.models.pipeline import FlowPipeline, load_task_pipeline, pixels_to_unit
 from vgpo_fast.models.text_encoder import TextEncoder, TextEncoderConfig
 from vgpo_fast.models.transformer import build_transformer, save_transformer, tiny_transformer_config
+from vgpo_fast.precision import resolve_precision
+from vgpo_fast.rollout.ode import sample_images
+from vgpo_fast.rollout.prompts import eval_prompt_set, sample_prompts
+from vgpo_fast.tasks.pretrain_config import PretrainConfig
 from vgpo_fast.tasks.registry import Task, get_task
-from vgpo_fast.tasks.shapes import sample_prompts
 
-__all__ = ["PretrainConfig", "pretrain", "sample_images", "heldout_reward"]
-
-
-@dataclass
-class PretrainConfig:
-    """Pretraining settings; the defaults produced the shipped shapes base model."""
-
-    task: str = "shapes"
-    steps: int = 1500
-    batch_size: int = 128
-    lr: float = 6e-4
-    warmup: int = 100
-    min_lr_frac: float = 0.05
-    weight_decay: float = 0.01
-    prompt_dropout: float = 0.1
-    caption_noise: float = 0.0  # fraction of images drawn from a miscaptioned prompt (`Task.miscaption`)
-    bf16: bool = True
-    seed: int = 0
-    eval_prompts: int = 64
-    eval_seeds: int = 2
-    eval_steps: int = 10
-    eval_guidance: float = 3.0
-    log_every: int = 50
-    init: str | None = None  # a task model directory to continue from (its pretrain.json is kept as "init_meta")
+# sample_images and eval_prompt_set live in vgpo_fast.rollout (ode, prompts); re-exported here for old callers.
+__all__ = ["PretrainConfig", "eval_prompt_set", "heldout_reward", "pretrain", "sample_images"]
 
 
 def _lr_at(step: int, cfg: PretrainConfig) -> float:
@@ -122,33 +103,6 @@ def train_steps(pipe: FlowPipeline, task: Task, cfg: PretrainConfig, log=print) 
     return curve
 
 
-@torch.no_grad()
-def sample_images(pipe: FlowPipeline, prompts: list[str], seeds: list[int], steps: int = 10,
-                  guidance_scale: float = 3.0, shift: float = 3.0, batch_size: int = 64) -> torch.Tensor:
-    """Deterministic ODE samples: float32 `[B, 3, H, W]` in [0, 1]; noise i is drawn from seed `seeds[i]`."""
-    from vgpo_fast.rollout.sampler import sample_trajectories
-    from vgpo_fast.rollout.schedule import sigmas as make_sigmas
-
-    out = []
-    sig = make_sigmas(steps, shift)
-    for lo in range(0, len(prompts), batch_size):
-        ps, ss = prompts[lo:lo + batch_size], seeds[lo:lo + batch_size]
-        noise = torch.stack([torch.randn(pipe.latent_shape, generator=torch.Generator().manual_seed(s))
-                             for s in ss]).to(pipe.device)
-        traj = sample_trajectories(pipe.velocity_fn(ps, guidance_scale), noise, sig, a=0.0)
-        out.append(pipe.decode(traj.final))
-    return torch.cat(out)
-
-
-def eval_prompt_set(pool: Task | dict[str, tuple[str, ...]], n_prompts: int, n_seeds: int,
-                    seed: int = 1234) -> tuple[list[str], list[int]]:
-    """A fixed evaluation set: `n_prompts` category-uniform prompts of `pool` (a task: its held-out split) x
-    `n_seeds` noise seeds."""
-    pool = pool.held_out if isinstance(pool, Task) else pool
-    prompts = sample_prompts(pool, n_prompts, np.random.default_rng(seed))
-    return [p for p in prompts for _ in range(n_seeds)], [10_000 + i for _ in prompts for i in range(n_seeds)]
-
-
 def heldout_reward(pipe: FlowPipeline, task: Task, n_prompts: int = 64, n_seeds: int = 2, steps: int = 10,
                    guidance_scale: float = 3.0) -> dict[str, float]:
     """Mean held-out `task.eval_reward` of ODE samples, overall and per category."""
@@ -190,6 +144,10 @@ _LOG = partial(print, flush=True)
 def pretrain(cfg: PretrainConfig, out: Path | None = None, log=_LOG) -> dict:
     """Pretrain `cfg.task`'s base model and write it to `out` (default: the task's shipped directory)."""
     task = get_task(cfg.task)
+    if cfg.bf16 is None:  # auto: bf16 only where the CPU runs it natively (vgpo_fast.precision)
+        choice = resolve_precision("auto", torch.device("cpu"))
+        cfg = replace(cfg, bf16=choice.dtype is not None)
+        log(f"precision: {choice.summary}")
     if not 0 <= cfg.caption_noise < 1:
         raise ValueError(f"caption_noise must be in [0, 1), got {cfg.caption_noise}")
     if cfg.caption_noise > 0 and task.miscaption is None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vgpo_fast.train.config_io import ConfigError, load_config
+from vgpo_fast.train.estimators import get_estimator
 
 __all__ = ["AlgorithmConfig", "Config", "ModelConfig", "OptimConfig", "RewardConfig", "RolloutConfig", "RunConfig",
            "TrainLoopConfig", "load", "validate"]
@@ -62,7 +63,7 @@ class RolloutConfig:
 @dataclass
 class RewardConfig:
     """The reward model and how it runs. `reward` None means the task's reward; `steps` the evaluated steps S
-    (SPEC.md section 3): 'all', a stride k or a list; `offset` and `scale` map raw r to (r + offset) * scale.
+    (docs/spec.md section 3): 'all', a stride k or a list; `offset` and `scale` map raw r to (r + offset) * scale.
     `worker`: score an in-process reward on the engine's worker thread ("thread") or in a child process
     ("process", `vgpo_fast.rewards.process`: no GIL shared with the rollout, `worker_threads` threads there, ~2 s
     to start; for rewards with much Python work). A reward server (`reward` an http URL) is used directly."""
@@ -80,11 +81,11 @@ class RewardConfig:
 
 @dataclass
 class AlgorithmConfig:
-    """`vgpo` (TCRM + ADAE, SPEC.md section 4; ablations `tcrm: false` / `adae: false`) or `flow_grpo`."""
+    """`name`: a registered advantage estimator (`vgpo_fast.train.estimators`): `vgpo` (TCRM + ADAE,
+    docs/spec.md), its ablations `vgpo_no_tcrm` / `vgpo_no_adae`, `flow_grpo`, or one a user registered. The
+    other keys are the estimators' options and the policy loss's (clip, KL)."""
 
-    name: Literal["vgpo", "flow_grpo"] = "vgpo"
-    tcrm: bool = True
-    adae: bool = True
+    name: str = "vgpo"
     gamma: float = 0.9
     k: float = 0.1
     omega: bool = True
@@ -111,7 +112,8 @@ class OptimConfig:
 class TrainLoopConfig:
     """The update: inner epochs over the batch in minibatches of trajectories, each over its training steps
     (all stochastic steps but the last, shuffled; `steps_per_iter` samples that many of them per iteration),
-    one optimiser step per `grad_accum` minibatches."""
+    one optimiser step per `grad_accum` minibatches. `mixed_precision`: autocast dtype; `auto` is bf16 on CUDA
+    and on CPUs with native bf16, float32 elsewhere (`vgpo_fast.precision`)."""
 
     iterations: int = 60
     inner_epochs: int = 1
@@ -120,7 +122,7 @@ class TrainLoopConfig:
     steps_per_iter: int | None = 3
     train_last_step: bool = False
     shuffle: bool = True
-    mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     seed: int = 0
 
 
@@ -186,8 +188,10 @@ def validate(cfg: Config) -> Config:
         errors.append(f"algorithm.gamma must be in [0, 1], got {a.gamma}")
     if a.clip_range <= 0:
         errors.append(f"algorithm.clip_range must be > 0, got {a.clip_range}")
-    if a.name == "flow_grpo" and (not a.tcrm or not a.adae):
-        errors.append("algorithm.tcrm / algorithm.adae are VGPO ablations: they need algorithm.name 'vgpo'")
+    try:
+        get_estimator(a.name)
+    except ValueError as exc:
+        errors.append(f"algorithm.name: {exc}")
     if a.beta > 0 and not cfg.model.lora and cfg.model.fp8:
         errors.append("algorithm.beta > 0 with full fine-tuning and fp8 would need a second FP8 model copy for the "
                       "reference: use model.lora or beta 0")
@@ -200,6 +204,34 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+# Keys of earlier versions, still accepted: `migrate` rewrites them into today's spelling.
+LEGACY_KEYS = ("algorithm.tcrm", "algorithm.adae")
+_ABLATIONS = {(True, True): None, (False, True): "vgpo_no_tcrm", (True, False): "vgpo_no_adae"}
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Earlier spellings -> today's, in a raw config dict (in place): `algorithm.tcrm: false` / `adae: false`
+    with `name: vgpo` are the estimators `vgpo_no_tcrm` / `vgpo_no_adae` (saved run configs of earlier versions
+    hold both keys, true for every other algorithm)."""
+    alg = data.get("algorithm")
+    if not isinstance(alg, dict) or not ({"tcrm", "adae"} & set(alg)):
+        return data
+    tcrm, adae = alg.pop("tcrm", True), alg.pop("adae", True)
+    name = alg.get("name", "vgpo")
+    if not isinstance(tcrm, bool) or not isinstance(adae, bool):
+        raise ConfigError(f"algorithm.tcrm / algorithm.adae must be true or false, got {tcrm!r} / {adae!r}")
+    if (tcrm, adae) == (True, True):
+        return data
+    if name != "vgpo":
+        raise ConfigError("algorithm.tcrm / algorithm.adae are VGPO ablations: they need algorithm.name 'vgpo' "
+                          "(today's spelling: algorithm.name=vgpo_no_tcrm / vgpo_no_adae)")
+    if (tcrm, adae) not in _ABLATIONS:
+        raise ConfigError("algorithm.tcrm=false with algorithm.adae=false is GRPO on the terminal reward: use "
+                          "algorithm.name=flow_grpo (the ablations are algorithm.name=vgpo_no_tcrm / vgpo_no_adae)")
+    alg["name"] = _ABLATIONS[(tcrm, adae)]
+    return data
+
+
 def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """YAML file (None: the defaults) + `key.sub=value` overrides -> a validated Config."""
-    return validate(load_config(Config, path, overrides))
+    return validate(load_config(Config, path, overrides, legacy_keys=LEGACY_KEYS, migrate=migrate))

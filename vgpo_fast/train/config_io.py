@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -354,7 +354,8 @@ def _check_key(cls: type, key: str) -> None:
         current = _section_class(hint)
 
 
-def _apply(data: Mapping, overrides: Sequence[str], cls: type | None) -> tuple[dict, dict[str, str]]:
+def _apply(data: Mapping, overrides: Sequence[str], cls: type | None,
+           legacy_keys: Sequence[str] = ()) -> tuple[dict, dict[str, str]]:
     out = copy.deepcopy(dict(data))
     raws: dict[str, str] = {}
     if isinstance(overrides, str):
@@ -362,7 +363,7 @@ def _apply(data: Mapping, overrides: Sequence[str], cls: type | None) -> tuple[d
     for text in overrides:
         key, raw = _split_override(text)
         value = _parse_value(text, raw)
-        if cls is not None:
+        if cls is not None and key not in legacy_keys:
             _check_key(cls, key)
         parts = key.split(".")
         node = out
@@ -388,8 +389,12 @@ def apply_overrides(data: Mapping, overrides: Sequence[str], cls: type | None = 
     return _apply(data, overrides, cls)[0]
 
 
-def load_config(cls: type, path: str | Path | None, overrides: Sequence[str] = ()) -> Any:
-    """YAML file `path` (None: the defaults) + `key.sub=value` overrides -> a checked `cls` tree."""
+def load_config(cls: type, path: str | Path | None, overrides: Sequence[str] = (), *,
+                legacy_keys: Sequence[str] = (), migrate: Callable[[dict], dict] | None = None) -> Any:
+    """YAML file `path` (None: the defaults) + `key.sub=value` overrides -> a checked `cls` tree.
+
+    `legacy_keys`: dotted keys of earlier versions that overrides may still set; `migrate(data)` rewrites the
+    merged raw dict (file + overrides) into today's keys before it is checked."""
     data: Any = {}
     if path is not None:
         path = Path(path)
@@ -409,5 +414,8 @@ def load_config(cls: type, path: str | Path | None, overrides: Sequence[str] = (
         if not isinstance(data, Mapping):
             raise ConfigError(f"config file {path} must hold a mapping of sections at the top level, "
                               f"got {type(data).__name__}")
-    data, raws = _apply(data, overrides, cls)
+    data, raws = _apply(data, overrides, cls, legacy_keys)
+    if migrate is not None:
+        data = migrate(data)
+        raws = {k: v for k, v in raws.items() if k not in legacy_keys}
     return from_dict(cls, data, cli=raws)
