@@ -10,8 +10,12 @@ import platform
 
 from setuptools import setup
 
-PACKAGE_DIR = {"vgpo_fast": "vgpo_fast", "vgpo_fast.kernels": "kernels", "vgpo_fast.profiling": "profiling",
-               "vgpo_fast.experiments": "experiments"}
+PACKAGE_DIR = {
+    "vgpo_fast": "vgpo_fast",
+    "vgpo_fast.kernels": "kernels",
+    "vgpo_fast.profiling": "profiling",
+    "vgpo_fast.experiments": "experiments",
+}
 
 
 def _packages() -> list[str]:

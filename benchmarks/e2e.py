@@ -42,8 +42,11 @@ def make_trainer(args: argparse.Namespace, *extra: str) -> Trainer:
 
     cfg = load(args.config, overrides)
     pipeline = None
-    if cfg.model.path is None and cfg.model.task and not (get_task(cfg.model.task).base_model_dir
-                                                          / "pretrain.json").is_file():
+    if (
+        cfg.model.path is None
+        and cfg.model.task
+        and not (get_task(cfg.model.task).base_model_dir / "pretrain.json").is_file()
+    ):
         print(f"(no shipped base model for task {cfg.model.task!r}: a random-init model of its size)")
         pipeline = build_models(get_task(cfg.model.task), cfg.train.seed)
     return Trainer(cfg, pipeline=pipeline, log=lambda *_: None)
@@ -58,8 +61,10 @@ def side_by_side(name: str, a_name: str, a, b_name: str, b, rounds: int) -> None
         for label, fn in pair if r % 2 else pair[::-1]:
             times[label].append(fn(r))
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"\n[{name}] {rounds} rounds, median s per iteration (first iteration, warm-up: "
-          f"{first[a_name]:.2f} / {first[b_name]:.2f} s)")
+    print(
+        f"\n[{name}] {rounds} rounds, median s per iteration (first iteration, warm-up: "
+        f"{first[a_name]:.2f} / {first[b_name]:.2f} s)"
+    )
     for k, v in times.items():
         print(f"  {k:<14}{med[k]:>9.3f}   min {min(v):.3f}   all {[round(x, 3) for x in v]}")
     print(f"  {b_name} / {a_name} = {med[b_name] / med[a_name]:.3f}x")
@@ -70,6 +75,7 @@ def timed_iteration(trainer: Trainer):
         t0 = time.perf_counter()
         trainer.iteration(it)
         return time.perf_counter() - t0
+
     return run
 
 
@@ -82,8 +88,10 @@ def main() -> None:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     skip = {s for s in args.skip.split(",") if s}
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
-          f"load average {os.getloadavg()[0]:.2f} (absolute numbers belong to this machine and its load)")
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
+        f"load average {os.getloadavg()[0]:.2f} (absolute numbers belong to this machine and its load)"
+    )
 
     if "overlap" not in skip:
         from vgpo_fast.profiling.profiler import Profiler
@@ -94,15 +102,27 @@ def main() -> None:
         def mode_fn(mode: str):
             return lambda it: prof.iteration(mode, it, train=True)["total"]
 
-        side_by_side("VGPO-overlap vs Flow-GRPO (equal config, training included)", "flow_grpo",
-                     mode_fn("flow_grpo"), "vgpo-overlap", mode_fn("vgpo-overlap"), args.rounds)
+        side_by_side(
+            "VGPO-overlap vs Flow-GRPO (equal config, training included)",
+            "flow_grpo",
+            mode_fn("flow_grpo"),
+            "vgpo-overlap",
+            mode_fn("vgpo-overlap"),
+            args.rounds,
+        )
         prof.close()
         trainer.close()
 
     if "compile" not in skip:
         eager, compiled = make_trainer(args), make_trainer(args, "model.compile=true")
-        side_by_side("eager vs torch.compile transformer (whole iteration)", "eager", timed_iteration(eager),
-                     "compile", timed_iteration(compiled), args.rounds)
+        side_by_side(
+            "eager vs torch.compile transformer (whole iteration)",
+            "eager",
+            timed_iteration(eager),
+            "compile",
+            timed_iteration(compiled),
+            args.rounds,
+        )
         eager.close()
         compiled.close()
 
@@ -122,8 +142,14 @@ def main() -> None:
                 print(f"\n[FP8 vs bf16] not run: {e}")
             else:
                 note = " ".join(extra) + (", float8 matmuls emulated on the CPU" if device == "cpu" else "")
-                side_by_side(f"bf16 vs FP8 training ({device}{'; ' + note if note.strip() else ''})", "bf16",
-                             timed_iteration(bf16), "fp8", timed_iteration(fp8), args.rounds)
+                side_by_side(
+                    f"bf16 vs FP8 training ({device}{'; ' + note if note.strip() else ''})",
+                    "bf16",
+                    timed_iteration(bf16),
+                    "fp8",
+                    timed_iteration(fp8),
+                    args.rounds,
+                )
                 bf16.close()
                 fp8.close()
 

@@ -44,8 +44,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fn: Callable[[], object], device: torch.device, min_time: float = 0.25,
-                   max_reps: int = 200) -> float:
+def median_seconds(
+    fn: Callable[[], object], device: torch.device, min_time: float = 0.25, max_reps: int = 200
+) -> float:
     """Median wall time of `fn` over repetitions filling about `min_time` seconds, after a warm-up."""
     fn()
     sync(device)
@@ -93,23 +94,40 @@ def latent_rows(device: torch.device, batches: list[int], dtypes: list[torch.dty
             grads = torch.ones(batch, device=device)
             cases = {
                 # name: (eager reference, fused call with backend, bytes moved)
-                "sde_step": (lambda: sde_step_reference(x, v, noise, sigma, sigma_next),
-                             lambda b: sde_step(x, v, sigma, sigma_next, noise=noise, backend=b), 5 * elem),
-                "sde_log_prob fwd": (lambda: sde_log_prob_reference(x, v, x_next, sigma, sigma_next, v_ref),
-                                     lambda b: sde_log_prob(x, v, x_next, sigma, sigma_next, v_ref=v_ref,
-                                                            backend=b), 4 * elem),
-                "sde_log_prob fwd+bwd": (lambda: _eager_fwd_bwd(x, v, x_next, sigma, sigma_next, v_ref, grads),
-                                         lambda b: _fused_fwd_bwd(x, v, x_next, sigma, sigma_next, v_ref, grads, b),
-                                         9 * elem),
+                "sde_step": (
+                    lambda: sde_step_reference(x, v, noise, sigma, sigma_next),
+                    lambda b: sde_step(x, v, sigma, sigma_next, noise=noise, backend=b),
+                    5 * elem,
+                ),
+                "sde_log_prob fwd": (
+                    lambda: sde_log_prob_reference(x, v, x_next, sigma, sigma_next, v_ref),
+                    lambda b: sde_log_prob(x, v, x_next, sigma, sigma_next, v_ref=v_ref, backend=b),
+                    4 * elem,
+                ),
+                "sde_log_prob fwd+bwd": (
+                    lambda: _eager_fwd_bwd(x, v, x_next, sigma, sigma_next, v_ref, grads),
+                    lambda b: _fused_fwd_bwd(x, v, x_next, sigma, sigma_next, v_ref, grads, b),
+                    9 * elem,
+                ),
             }
             for op, (eager, fused, nbytes) in cases.items():
                 t_eager = median_seconds(eager, device)
                 for backend in backends:
                     t = median_seconds(lambda fused=fused, backend=backend: fused(backend), device)
-                    rows.append(dict(op=op, shape=f"{batch}x" + "x".join(map(str, LATENT)),
-                                     dtype=str(dtype).removeprefix("torch."), backend=backend, ms=t * 1e3,
-                                     eager_ms=t_eager * 1e3, speedup=t_eager / t, gbps=nbytes / t / 1e9,
-                                     copy_gbps=bandwidth, frac_of_copy=nbytes / t / 1e9 / bandwidth))
+                    rows.append(
+                        dict(
+                            op=op,
+                            shape=f"{batch}x" + "x".join(map(str, LATENT)),
+                            dtype=str(dtype).removeprefix("torch."),
+                            backend=backend,
+                            ms=t * 1e3,
+                            eager_ms=t_eager * 1e3,
+                            speedup=t_eager / t,
+                            gbps=nbytes / t / 1e9,
+                            copy_gbps=bandwidth,
+                            frac_of_copy=nbytes / t / 1e9 / bandwidth,
+                        )
+                    )
     return rows
 
 
@@ -133,29 +151,45 @@ def advantage_rows(device: torch.device, shapes: list[tuple[int, int, int]], bac
         logp_new, adv, kl = logp_old + 1e-3, torch.randn_like(logp_old), torch.rand_like(logp_old)
         cases = {
             "tcrm_adae": (lambda r=rewards: tcrm_adae_reference(r), lambda b, r=rewards: tcrm_adae(r, backend=b)),
-            "grpo_advantage": (lambda r=rewards: grpo_advantage_reference(r[..., -1]),
-                               lambda b, r=rewards: grpo_advantage(r[..., -1], backend=b)),
+            "grpo_advantage": (
+                lambda r=rewards: grpo_advantage_reference(r[..., -1]),
+                lambda b, r=rewards: grpo_advantage(r[..., -1], backend=b),
+            ),
             "clipped_policy_loss": (
                 lambda: clipped_policy_loss_reference(logp_new, logp_old, adv, kl, 1e-4, 0.04),
-                lambda b: clipped_policy_loss(logp_new, logp_old, adv, kl, beta=0.04, backend=b)),
+                lambda b: clipped_policy_loss(logp_new, logp_old, adv, kl, beta=0.04, backend=b),
+            ),
         }
         for op, (eager, fused) in cases.items():
             t_eager = median_seconds(eager, device)
             for backend in backends:
                 t = median_seconds(lambda fused=fused, backend=backend: fused(backend), device)
-                rows.append(dict(op=op, shape=f"P{P} G{G} T{T}", dtype="float32", backend=backend, ms=t * 1e3,
-                                 eager_ms=t_eager * 1e3, speedup=t_eager / t))
+                rows.append(
+                    dict(
+                        op=op,
+                        shape=f"P{P} G{G} T{T}",
+                        dtype="float32",
+                        backend=backend,
+                        ms=t * 1e3,
+                        eager_ms=t_eager * 1e3,
+                        speedup=t_eager / t,
+                    )
+                )
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    header = f"{'op':<22}{'shape':<16}{'dtype':<10}{'backend':<11}{'ms':>9}{'eager ms':>10}{'speedup':>9}" \
-             f"{'GB/s':>8}{'copy GB/s':>11}{'% copy':>8}"
+    header = (
+        f"{'op':<22}{'shape':<16}{'dtype':<10}{'backend':<11}{'ms':>9}{'eager ms':>10}{'speedup':>9}"
+        f"{'GB/s':>8}{'copy GB/s':>11}{'% copy':>8}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
-        line = f"{r['op']:<22}{r['shape']:<16}{r['dtype']:<10}{r['backend']:<11}{r['ms']:>9.3f}" \
-               f"{r['eager_ms']:>10.3f}{r['speedup']:>8.2f}x"
+        line = (
+            f"{r['op']:<22}{r['shape']:<16}{r['dtype']:<10}{r['backend']:<11}{r['ms']:>9.3f}"
+            f"{r['eager_ms']:>10.3f}{r['speedup']:>8.2f}x"
+        )
         if "gbps" in r:
             line += f"{r['gbps']:>8.1f}{r['copy_gbps']:>11.1f}{100 * r['frac_of_copy']:>7.0f}%"
         print(line)
@@ -171,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu":
         warm_allocator()
     # Triton under the interpreter is a correctness tool, not a speed: time only the native backends.
-    backends = [b for b in available_backends(device) if b != "reference"
-                and not (b == "triton" and device.type == "cpu")] or ["reference"]
+    backends = [
+        b for b in available_backends(device) if b != "reference" and not (b == "triton" and device.type == "cpu")
+    ] or ["reference"]
     batches = [8, 48] if args.quick else [8, 16, 24, 48]
     shapes = [(48, 24, 10)] if args.quick else [(P, G, T) for P in (8, 48) for G in (8, 16, 24) for T in (10, 16, 40)]
     dtypes = [torch.float32, torch.bfloat16]
@@ -180,8 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = latent_rows(device, batches, dtypes, backends) + advantage_rows(device, shapes, backends)
     print_table(rows)
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    meta = dict(device=str(device), threads=torch.get_num_threads(), torch=torch.__version__,
-                machine=platform.machine(), processor=platform.processor(), cpu_count=os.cpu_count())
+    meta = dict(
+        device=str(device),
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        machine=platform.machine(),
+        processor=platform.processor(),
+        cpu_count=os.cpu_count(),
+    )
     if device.type == "cuda":
         meta["gpu"] = torch.cuda.get_device_name(device)
     with open(args.json, "w") as f:

@@ -81,16 +81,16 @@ REWARDS: dict[str, tuple[str, Callable[[int], tuple[np.ndarray, list[str]]]]] = 
 }
 
 
-def paired_medians(fns: list[Callable[[], object]], min_time: float, min_reps: int = 3,
-                   max_reps: int = 200) -> list[float]:
+def paired_medians(
+    fns: list[Callable[[], object]], min_time: float, min_reps: int = 3, max_reps: int = 200
+) -> list[float]:
     """Median wall time of each of `fns`, run in turn round by round (so that a change in machine load hits
     all of them alike) for about `min_time` seconds each, after one warm-up call of each."""
     for fn in fns:
         fn()
     times: list[list[float]] = [[] for _ in fns]
     start = time.perf_counter()
-    while len(times[0]) < min_reps or (time.perf_counter() - start < min_time * len(fns)
-                                       and len(times[0]) < max_reps):
+    while len(times[0]) < min_reps or (time.perf_counter() - start < min_time * len(fns) and len(times[0]) < max_reps):
         for fn, ts in zip(fns, times, strict=True):
             t0 = time.perf_counter()
             fn()
@@ -107,15 +107,31 @@ class ServerProcess:
         self.log = open(Path(self.dir.name) / "log", "wb")  # noqa: SIM115 - closed in stop()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vgpo_fast.rewards.server", "--reward", spec, "--port", "0",
-             "--port-file", str(port_file), "--max-batch", str(max_batch)],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env)
+            [
+                sys.executable,
+                "-m",
+                "vgpo_fast.rewards.server",
+                "--reward",
+                spec,
+                "--port",
+                "0",
+                "--port-file",
+                str(port_file),
+                "--max-batch",
+                str(max_batch),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         deadline = time.monotonic() + timeout
         while not port_file.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"reward server for {spec!r} did not start: "
-                                   f"{(Path(self.dir.name) / 'log').read_text(errors='replace')[-2000:]}")
+                raise RuntimeError(
+                    f"reward server for {spec!r} did not start: "
+                    f"{(Path(self.dir.name) / 'log').read_text(errors='replace')[-2000:]}"
+                )
             time.sleep(0.05)
         self.url = f"http://127.0.0.1:{int(port_file.read_text())}"
 
@@ -153,16 +169,28 @@ def bench_reward(name: str, batches: tuple[int, ...], min_time: float, in_flight
                         f.result()
 
                 t_local, t_server, t_burst = paired_medians(
-                    [lambda x=x, p=p: local.score(x, p), remote, burst], min_time)
+                    [lambda x=x, p=p: local.score(x, p), remote, burst], min_time
+                )
                 batch_sizes = client.health()["stats"]
-                rows.append(dict(
-                    reward=name, reward_name=local.name, spec=spec, batch=b, image_shape=list(x.shape[1:]),
-                    local_ms=t_local * 1e3, local_img_s=b / t_local,
-                    server_ms=t_server * 1e3, server_img_s=b / t_server,
-                    added_ms=(t_server - t_local) * 1e3, server_score_ms=statistics.median(score_ms),
-                    path_ms=t_server * 1e3 - statistics.median(score_ms),
-                    in_flight=in_flight, in_flight_img_s=in_flight * b / t_burst,
-                    max_batch_images_seen=batch_sizes["max_batch_images"]))
+                rows.append(
+                    dict(
+                        reward=name,
+                        reward_name=local.name,
+                        spec=spec,
+                        batch=b,
+                        image_shape=list(x.shape[1:]),
+                        local_ms=t_local * 1e3,
+                        local_img_s=b / t_local,
+                        server_ms=t_server * 1e3,
+                        server_img_s=b / t_server,
+                        added_ms=(t_server - t_local) * 1e3,
+                        server_score_ms=statistics.median(score_ms),
+                        path_ms=t_server * 1e3 - statistics.median(score_ms),
+                        in_flight=in_flight,
+                        in_flight_img_s=in_flight * b / t_burst,
+                        max_batch_images_seen=batch_sizes["max_batch_images"],
+                    )
+                )
                 print(f"  {name} B={b}: done", file=sys.stderr, flush=True)
     finally:
         server.stop()
@@ -172,14 +200,18 @@ def bench_reward(name: str, batches: tuple[int, ...], min_time: float, in_flight
 
 def print_table(rows: list[dict]) -> None:
     burst = f"x{rows[0]['in_flight']} img/s"
-    head = (f"{'reward':<22} {'B':>3} {'in-proc ms':>10} {'img/s':>8} {'server ms':>10} {'img/s':>8} "
-            f"{'added ms':>9} {'srv score ms':>12} {'path ms':>8} {burst:>10}")
+    head = (
+        f"{'reward':<22} {'B':>3} {'in-proc ms':>10} {'img/s':>8} {'server ms':>10} {'img/s':>8} "
+        f"{'added ms':>9} {'srv score ms':>12} {'path ms':>8} {burst:>10}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['reward']:<22} {r['batch']:>3} {r['local_ms']:>10.2f} {r['local_img_s']:>8.0f} "
-              f"{r['server_ms']:>10.2f} {r['server_img_s']:>8.0f} {r['added_ms']:>9.2f} "
-              f"{r['server_score_ms']:>12.2f} {r['path_ms']:>8.2f} {r['in_flight_img_s']:>10.0f}")
+        print(
+            f"{r['reward']:<22} {r['batch']:>3} {r['local_ms']:>10.2f} {r['local_img_s']:>8.0f} "
+            f"{r['server_ms']:>10.2f} {r['server_img_s']:>8.0f} {r['added_ms']:>9.2f} "
+            f"{r['server_score_ms']:>12.2f} {r['path_ms']:>8.2f} {r['in_flight_img_s']:>10.0f}"
+        )
 
 
 def available(names: list[str]) -> list[str]:
@@ -215,9 +247,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print_table(rows)
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    meta = dict(python=platform.python_version(), machine=platform.machine(), processor=platform.processor(),
-                cpu_count=os.cpu_count(), min_time_s=min_time, batches=list(BATCHES),
-                load_avg=list(os.getloadavg()) if hasattr(os, "getloadavg") else None)
+    meta = dict(
+        python=platform.python_version(),
+        machine=platform.machine(),
+        processor=platform.processor(),
+        cpu_count=os.cpu_count(),
+        min_time_s=min_time,
+        batches=list(BATCHES),
+        load_avg=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    )
     with open(args.json, "w") as f:
         json.dump(dict(meta=meta, rows=rows), f, indent=1)
     print(f"wrote {args.json}")

@@ -67,11 +67,28 @@ class Server:
     def __init__(self, spec: str) -> None:
         self.dir = tempfile.TemporaryDirectory()
         port_file = Path(self.dir.name) / "port"
-        env = dict(os.environ, OMP_NUM_THREADS="1",
-                   PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-        self.proc = subprocess.Popen([sys.executable, "-m", "vgpo_fast.cli", "reward-server", "--reward", spec,
-                                      "--port", "0", "--port-file", str(port_file), "--max-wait-ms", "1"],
-                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = dict(
+            os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+        )
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vgpo_fast.cli",
+                "reward-server",
+                "--reward",
+                spec,
+                "--port",
+                "0",
+                "--port-file",
+                str(port_file),
+                "--max-wait-ms",
+                "1",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 120
         while not port_file.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -95,8 +112,9 @@ def setup(args: argparse.Namespace):
     from vgpo_fast.tasks.shapes.render import render_prompts
 
     torch.manual_seed(0)
-    cfg = tiny_transformer_config(args.size, patch_size=args.patch, width=args.width, layers=args.layers, heads=2,
-                                  text_dim=64, pooled_dim=64)
+    cfg = tiny_transformer_config(
+        args.size, patch_size=args.patch, width=args.width, layers=args.layers, heads=2, text_dim=64, pooled_dim=64
+    )
     net = build_transformer(cfg).eval()
     pool = [p for prompts in all_prompts().values() for p in prompts[:8]]
     prompts = [pool[(7 * i) % len(pool)] for i in range(args.batch)]
@@ -117,8 +135,9 @@ def rollout_once(vel, args: argparse.Namespace, sig: torch.Tensor, on_projection
     return sample_trajectories(vel, noise, sig, a=0.7, generator=g, on_projection=on_projection)
 
 
-def block(name: str, reward: RewardModel, vel, prompts, decode, sig, spec, args: argparse.Namespace,
-          rounds: int) -> None:
+def block(
+    name: str, reward: RewardModel, vel, prompts, decode, sig, spec, args: argparse.Namespace, rounds: int
+) -> None:
     from vgpo_fast.rollout import reward_steps
     from vgpo_fast.rollout.engine import RewardPipeline
 
@@ -127,8 +146,10 @@ def block(name: str, reward: RewardModel, vel, prompts, decode, sig, spec, args:
     fracs: list[float] = []
     results = {}
     kw = {"reward_steps": spec, "max_in_flight": args.max_in_flight, "worker_threads": args.worker_threads}
-    with RewardPipeline(reward, decode, args.steps, overlap=False, **kw) as serial, \
-            RewardPipeline(reward, decode, args.steps, overlap=True, **kw) as overlapped:
+    with (
+        RewardPipeline(reward, decode, args.steps, overlap=False, **kw) as serial,
+        RewardPipeline(reward, decode, args.steps, overlap=True, **kw) as overlapped,
+    ):
         pipes = {"serial": serial, "overlap": overlapped}
         for r in range(rounds):
             order = ["rollout", "serial", "overlap"]
@@ -149,14 +170,18 @@ def block(name: str, reward: RewardModel, vel, prompts, decode, sig, spec, args:
     busy = results["serial"].timings["decode"] + results["serial"].timings["reward"]
     # The terminal reward starts after the last step, so one reward call is never hidden.
     ideal = (med["rollout"] + busy) / (max(med["rollout"], busy) + busy / len(S))
-    print(f"\n[{name}] {results['overlap'].timings['mode']}; one step (transformer + sde_step) "
-          f"{med['rollout'] / args.steps * 1e3:.1f} ms, one decode + reward call {busy / len(S) * 1e3:.1f} ms "
-          f"(serial run), |S|={len(S)}")
+    print(
+        f"\n[{name}] {results['overlap'].timings['mode']}; one step (transformer + sde_step) "
+        f"{med['rollout'] / args.steps * 1e3:.1f} ms, one decode + reward call {busy / len(S) * 1e3:.1f} ms "
+        f"(serial run), |S|={len(S)}"
+    )
     print(f"{'mode':<10}{'median s':>10}{'min s':>10}")
     for mode, w in walls.items():
         print(f"{mode:<10}{med[mode]:>10.3f}{min(w):>10.3f}")
-    print(f"serial / overlap = {med['serial'] / med['overlap']:.2f}x   (ideal {ideal:.2f}x; overlap_frac median "
-          f"{statistics.median(fracs):.2f}; rewards bit-identical)")
+    print(
+        f"serial / overlap = {med['serial'] / med['overlap']:.2f}x   (ideal {ideal:.2f}x; overlap_frac median "
+        f"{statistics.median(fracs):.2f}; rewards bit-identical)"
+    )
 
 
 def main() -> None:
@@ -193,11 +218,15 @@ def main() -> None:
     t0 = time.perf_counter()
     rollout_once(vel, args, sig)
     step_ms = (time.perf_counter() - t0) / args.steps * 1e3
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.2f}; threads main {args.threads} + worker {args.worker_threads}")
-    print(f"B={args.batch}, {args.size} px, T={args.steps}, reward_steps={spec}, max_in_flight={args.max_in_flight}, "
-          f"transformer {args.layers} x {args.width}, patch {args.patch}; latency rewards wait {step_ms:.1f} ms "
-          f"(one step, measured)")
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.2f}; threads main {args.threads} + worker {args.worker_threads}"
+    )
+    print(
+        f"B={args.batch}, {args.size} px, T={args.steps}, reward_steps={spec}, max_in_flight={args.max_in_flight}, "
+        f"transformer {args.layers} x {args.width}, patch {args.patch}; latency rewards wait {step_ms:.1f} ms "
+        f"(one step, measured)"
+    )
     for name in names:
         if name == "compositional":
             block(name, CompositionalReward(mode="partial"), vel, prompts, decode, sig, spec, args, rounds)

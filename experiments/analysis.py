@@ -29,8 +29,13 @@ def spread(values: list[float]) -> dict[str, float | int | None]:
     xs = [float(v) for v in values if v is not None and math.isfinite(v)]
     if not xs:
         return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
-    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else None,
-            "min": min(xs), "max": max(xs), "n": len(xs)}
+    return {
+        "mean": statistics.fmean(xs),
+        "std": statistics.stdev(xs) if len(xs) > 1 else None,
+        "min": min(xs),
+        "max": max(xs),
+        "n": len(xs),
+    }
 
 
 def _run_measures(records: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -47,12 +52,15 @@ def _run_measures(records: list[dict[str, Any]]) -> dict[str, Any] | None:
 
     return {
         "iterations": len(train),
-        "heldout_before": first["heldout_reward"], "heldout_after": last["heldout_reward"],
+        "heldout_before": first["heldout_reward"],
+        "heldout_after": last["heldout_reward"],
         "heldout_change": last["heldout_reward"] - first["heldout_reward"],
-        "accuracy_before": first.get("heldout_accuracy"), "accuracy_after": last.get("heldout_accuracy"),
+        "accuracy_before": first.get("heldout_accuracy"),
+        "accuracy_after": last.get("heldout_accuracy"),
         "drift_after": last.get("heldout_drift"),
         "curve": {it: r["heldout_reward"] for it, r in sorted(evals.items())},
-        "group_std": mean_of("group_std_mean"), "zero_std_frac": mean_of("zero_std_frac"),
+        "group_std": mean_of("group_std_mean"),
+        "zero_std_frac": mean_of("zero_std_frac"),
         "omega_fallback_frac": mean_of("omega_fallback_frac"),
         "group_std_curve": [r.get("group_std_mean") for r in train],
         "zero_std_curve": [r.get("zero_std_frac") for r in train],
@@ -81,10 +89,21 @@ def analyze(exp: Experiment, runs: list[RunSpec], horizon: int | None = None) ->
         its = sorted(set.intersection(*(set(m["curve"]) for m in seeds.values())))
         variants[label] = {
             "seeds": sorted(seeds),
-            **{key: spread([m[key] for m in seeds.values()])
-               for key in ("heldout_before", "heldout_after", "heldout_change", "accuracy_before", "accuracy_after",
-                           "drift_after", "group_std", "zero_std_frac", "omega_fallback_frac",
-                           "seconds_per_iteration")},
+            **{
+                key: spread([m[key] for m in seeds.values()])
+                for key in (
+                    "heldout_before",
+                    "heldout_after",
+                    "heldout_change",
+                    "accuracy_before",
+                    "accuracy_after",
+                    "drift_after",
+                    "group_std",
+                    "zero_std_frac",
+                    "omega_fallback_frac",
+                    "seconds_per_iteration",
+                )
+            },
             "curve": [{"iteration": it, **spread([m["curve"][it] for m in seeds.values()])} for it in its],
             "group_std_curve": _mean_curves([m["group_std_curve"] for m in seeds.values()]),
             "zero_std_curve": _mean_curves([m["zero_std_curve"] for m in seeds.values()]),
@@ -96,8 +115,13 @@ def analyze(exp: Experiment, runs: list[RunSpec], horizon: int | None = None) ->
         for v in variants.values():
             hit = [c["iteration"] for c in v["curve"] if c["iteration"] >= 0 and c["mean"] >= target]
             v["iterations_to_reference"] = (hit[0] + 1) if hit else None  # record i is after i + 1 iterations
-    return {"experiment": exp.name, "description": exp.description, "reference": ref, "variants": variants,
-            "missing_runs": missing}
+    return {
+        "experiment": exp.name,
+        "description": exp.description,
+        "reference": ref,
+        "variants": variants,
+        "missing_runs": missing,
+    }
 
 
 def _mean_curves(curves: list[list[float | None]]) -> list[float | None]:
@@ -119,18 +143,30 @@ def _fmt(s: dict[str, Any], digits: int = 3) -> str:
 def table(results: dict[str, Any]) -> str:
     """The markdown table of `results` (mean ± sample std over seeds; change also min..max)."""
     ref = results["reference"]
-    head = ("| variant | seeds | held-out reward before | after | change (min..max) | strict accuracy after | "
-            "drift after | group std | zero-std frac | omega fallback |"
-            + (f" its to {ref}'s final |" if ref else "") + " s / it |")
+    head = (
+        "| variant | seeds | held-out reward before | after | change (min..max) | strict accuracy after | "
+        "drift after | group std | zero-std frac | omega fallback |"
+        + (f" its to {ref}'s final |" if ref else "")
+        + " s / it |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for label, v in results["variants"].items():
         ch = v["heldout_change"]
         rng = f" ({ch['min']:+.3f}..{ch['max']:+.3f})" if ch["n"] > 1 else ""
-        cells = [label, ",".join(map(str, v["seeds"])), _fmt(v["heldout_before"]), _fmt(v["heldout_after"]),
-                 (f"{ch['mean']:+.3f}" + (f" ± {ch['std']:.3f}" if ch["std"] is not None else "") + rng)
-                 if ch["mean"] is not None else "-",
-                 _fmt(v["accuracy_after"]), _fmt(v["drift_after"], 4), _fmt(v["group_std"]), _fmt(v["zero_std_frac"]),
-                 _fmt(v["omega_fallback_frac"])]
+        cells = [
+            label,
+            ",".join(map(str, v["seeds"])),
+            _fmt(v["heldout_before"]),
+            _fmt(v["heldout_after"]),
+            (f"{ch['mean']:+.3f}" + (f" ± {ch['std']:.3f}" if ch["std"] is not None else "") + rng)
+            if ch["mean"] is not None
+            else "-",
+            _fmt(v["accuracy_after"]),
+            _fmt(v["drift_after"], 4),
+            _fmt(v["group_std"]),
+            _fmt(v["zero_std_frac"]),
+            _fmt(v["omega_fallback_frac"]),
+        ]
         if ref:
             cells.append(str(v.get("iterations_to_reference") or "not reached"))
         cells.append(_fmt(v["seconds_per_iteration"], 1))
@@ -153,8 +189,14 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
         mean = [c["mean"] for c in v["curve"]]
         std = [c["std"] or 0.0 for c in v["curve"]]
         ax.plot(its, mean, marker="o", color=f"C{i}", label=f"{label} (n={len(v['seeds'])})")
-        ax.fill_between(its, [m - s for m, s in zip(mean, std, strict=True)],
-                        [m + s for m, s in zip(mean, std, strict=True)], color=f"C{i}", alpha=0.15, linewidth=0)
+        ax.fill_between(
+            its,
+            [m - s for m, s in zip(mean, std, strict=True)],
+            [m + s for m, s in zip(mean, std, strict=True)],
+            color=f"C{i}",
+            alpha=0.15,
+            linewidth=0,
+        )
     ax.set_xlabel("iterations trained")
     ax.set_ylabel("held-out reward (seed mean ± std)")
     ax.set_title(results["experiment"])
@@ -169,8 +211,13 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
     for i, (label, v) in enumerate(results["variants"].items()):
         for ax, key in zip(axes, ("group_std_curve", "zero_std_curve"), strict=True):
             ys = v[key]
-            ax.plot(range(len(ys)), [y if y is not None else float("nan") for y in ys], color=f"C{i}", label=label,
-                    linewidth=1)
+            ax.plot(
+                range(len(ys)),
+                [y if y is not None else float("nan") for y in ys],
+                color=f"C{i}",
+                label=label,
+                linewidth=1,
+            )
     axes[0].set_ylabel("within-group reward std (seed mean)")
     axes[1].set_ylabel("zero-std group fraction (seed mean)")
     for ax in axes:

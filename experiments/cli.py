@@ -40,8 +40,10 @@ def run_experiment_command(args: argparse.Namespace) -> int:
 
     if args.list or not args.name:
         for e in EXPERIMENTS.values():
-            print(f"{e.name:<16} {len(e.variants)} variants x {len(e.seeds)} seeds, {e.iterations} iterations: "
-                  f"{e.description}")
+            print(
+                f"{e.name:<16} {len(e.variants)} variants x {len(e.seeds)} seeds, {e.iterations} iterations: "
+                f"{e.description}"
+            )
         return 0
     exp = get_experiment(args.name)
     horizon = args.iterations if args.iterations is not None else exp.iterations

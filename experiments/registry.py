@@ -35,26 +35,39 @@ class Experiment:
 _ABLATION = {name: (f"algorithm.name={name}",) for name in estimator_names()}
 
 EXPERIMENTS: dict[str, Experiment] = {
-    e.name: e for e in [
+    e.name: e
+    for e in [
         Experiment(
             "shapes-ablation",
             "Shapes task: Flow-GRPO, VGPO, VGPO without TCRM, VGPO without ADAE (the paper's Table 2 ablation), "
             "KL on (beta 0.04), the CPU default's 60 iterations",
-            _ABLATION),
+            _ABLATION,
+        ),
         Experiment(
             "text",
             "Text task (OCR reward): Flow-GRPO vs VGPO, 4 prompts x 8 samples per iteration, 30 iterations "
             "(a 16x64 image is 256 tokens, 4x a shapes image: the budget that fits about 10 minutes a run), CFG 3",
             {k: v for k, v in _ABLATION.items() if k in ("flow_grpo", "vgpo")},
-            seeds=(0, 1), iterations=30,
-            common=("model.task=text", "rollout.prompts_per_iter=4", "run.eval_prompts=34", "run.eval_seeds=2",
-                    "rollout.guidance_scale=3.0")),
+            seeds=(0, 1),
+            iterations=30,
+            common=(
+                "model.task=text",
+                "rollout.prompts_per_iter=4",
+                "run.eval_prompts=34",
+                "run.eval_seeds=2",
+                "rollout.guidance_scale=3.0",
+            ),
+        ),
         Experiment(
             "shapes-sweep",
             "Shapes task, VGPO: the anchor weight k (gamma 0.9) and the discount gamma (k 0.1), one at a time",
-            {**{f"k={k}": ("algorithm.name=vgpo", f"algorithm.k={k}") for k in (0.0, 0.05, 0.2, 0.5)},
-             **{f"gamma={g}": ("algorithm.name=vgpo", f"algorithm.gamma={g}") for g in (0.5, 0.8, 1.0)}},
-            seeds=(0,), reference=None),
+            {
+                **{f"k={k}": ("algorithm.name=vgpo", f"algorithm.k={k}") for k in (0.0, 0.05, 0.2, 0.5)},
+                **{f"gamma={g}": ("algorithm.name=vgpo", f"algorithm.gamma={g}") for g in (0.5, 0.8, 1.0)},
+            },
+            seeds=(0,),
+            reference=None,
+        ),
     ]
 }
 

@@ -37,8 +37,15 @@ class RunSpec:
         return self.run_dir.name
 
 
-def plan(exp: Experiment, out: Path, seeds: tuple[int, ...] | None = None, iterations: int | None = None,
-         threads: int = 1, extra: tuple[str, ...] = (), variants: tuple[str, ...] | None = None) -> list[RunSpec]:
+def plan(
+    exp: Experiment,
+    out: Path,
+    seeds: tuple[int, ...] | None = None,
+    iterations: int | None = None,
+    threads: int = 1,
+    extra: tuple[str, ...] = (),
+    variants: tuple[str, ...] | None = None,
+) -> list[RunSpec]:
     """The runs of `exp` (variants in order, then seeds; `variants` a subset of its labels), each config
     validated now rather than mid-experiment."""
     seeds = tuple(seeds if seeds is not None else exp.seeds)
@@ -52,16 +59,27 @@ def plan(exp: Experiment, out: Path, seeds: tuple[int, ...] | None = None, itera
             continue
         for seed in seeds:
             run_dir = out / exp.name / f"{label}-s{seed}"
-            full = (*exp.common, *overrides, f"train.seed={seed}", f"train.iterations={horizon}",
-                    f"run.eval_every={exp.eval_every}", f"run.output_dir={run_dir.parent}", f"run.name={run_dir.name}",
-                    f"run.threads={threads}", "run.progress=false", *extra)
+            full = (
+                *exp.common,
+                *overrides,
+                f"train.seed={seed}",
+                f"train.iterations={horizon}",
+                f"run.eval_every={exp.eval_every}",
+                f"run.output_dir={run_dir.parent}",
+                f"run.name={run_dir.name}",
+                f"run.threads={threads}",
+                "run.progress=false",
+                *extra,
+            )
             cfg = load(None, list(full))
             if cfg.model.path is None and cfg.model.task:
                 base = get_task(cfg.model.task).base_model_dir
                 if not (base / "pretrain.json").is_file():
-                    raise FileNotFoundError(f"experiment {exp.name!r} needs the {cfg.model.task!r} task's base model, "
-                                            f"which is not in {base}: run `vgpo-fast pretrain --task "
-                                            f"{cfg.model.task}` first (or pass model.path=...)")
+                    raise FileNotFoundError(
+                        f"experiment {exp.name!r} needs the {cfg.model.task!r} task's base model, "
+                        f"which is not in {base}: run `vgpo-fast pretrain --task "
+                        f"{cfg.model.task}` first (or pass model.path=...)"
+                    )
             runs.append(RunSpec(label, seed, run_dir, full))
     return runs
 
@@ -74,8 +92,7 @@ def status(run: RunSpec, horizon: int) -> str:
     return "resume" if latest_checkpoint(run.run_dir) is not None else "start"
 
 
-def run_all(runs: list[RunSpec], horizon: int, jobs: int = 2, threads: int = 1, log=print,
-            poll_s: float = 1.0) -> None:
+def run_all(runs: list[RunSpec], horizon: int, jobs: int = 2, threads: int = 1, log=print, poll_s: float = 1.0) -> None:
     """Runs every run not yet done, `jobs` processes at a time with `threads` threads each. Raises RuntimeError
     naming the logs of the runs that failed (the others still run to the end)."""
     if jobs < 1 or threads < 1:
@@ -91,11 +108,23 @@ def run_all(runs: list[RunSpec], horizon: int, jobs: int = 2, threads: int = 1, 
             logs = run.run_dir.parent / "logs"
             logs.mkdir(parents=True, exist_ok=True)
             log_file = open(logs / f"{run.name}.log", "a")  # noqa: SIM115 (closed when the process ends)
-            cmd = [sys.executable, "-m", "vgpo_fast.cli", "train", *(["--resume"] if state == "resume" else []),
-                   *run.overrides]
+            cmd = [
+                sys.executable,
+                "-m",
+                "vgpo_fast.cli",
+                "train",
+                *(["--resume"] if state == "resume" else []),
+                *run.overrides,
+            ]
             log(f"  {state:<6} {run.name}")
-            running.append((run, subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env),
-                            time.perf_counter(), log_file))
+            running.append(
+                (
+                    run,
+                    subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env),
+                    time.perf_counter(),
+                    log_file,
+                )
+            )
         time.sleep(poll_s)
         for item in list(running):
             run, proc, t0, log_file = item

@@ -28,9 +28,22 @@ def _ppo_terms(logp_new, logp_old, adv, lo, hi):
 
 
 @triton.jit
-def _clipped_policy_loss_fwd_kernel(logp_new_ptr, logp_old_ptr, adv_ptr, kl_ptr, loss_ptr, clip_frac_ptr,
-                                    approx_kl_ptr, N, lo, hi, clip, beta,
-                                    HAS_KL: tl.constexpr, BLOCK: tl.constexpr):
+def _clipped_policy_loss_fwd_kernel(
+    logp_new_ptr,
+    logp_old_ptr,
+    adv_ptr,
+    kl_ptr,
+    loss_ptr,
+    clip_frac_ptr,
+    approx_kl_ptr,
+    N,
+    lo,
+    hi,
+    clip,
+    beta,
+    HAS_KL: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     loss = tl.zeros((BLOCK,), tl.float32)
     clipped_count = tl.zeros((BLOCK,), tl.float32)
     sq_log_ratio = tl.zeros((BLOCK,), tl.float32)
@@ -53,8 +66,20 @@ def _clipped_policy_loss_fwd_kernel(logp_new_ptr, logp_old_ptr, adv_ptr, kl_ptr,
 
 
 @triton.jit
-def _clipped_policy_loss_bwd_kernel(grad_loss_ptr, logp_new_ptr, logp_old_ptr, adv_ptr, grad_logp_ptr,
-                                    grad_kl_ptr, N, lo, hi, beta, HAS_KL: tl.constexpr, BLOCK: tl.constexpr):
+def _clipped_policy_loss_bwd_kernel(
+    grad_loss_ptr,
+    logp_new_ptr,
+    logp_old_ptr,
+    adv_ptr,
+    grad_logp_ptr,
+    grad_kl_ptr,
+    N,
+    lo,
+    hi,
+    beta,
+    HAS_KL: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < N
     scale = tl.load(grad_loss_ptr) / N
@@ -71,24 +96,43 @@ def _clipped_policy_loss_bwd_kernel(grad_loss_ptr, logp_new_ptr, logp_old_ptr, a
     tl.store(grad_kl_ptr + offs, grad_kl, mask=ok)
 
 
-def clipped_policy_loss_fwd(logp_new: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor,
-                            kl: torch.Tensor | None, clip: float,
-                            beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def clipped_policy_loss_fwd(
+    logp_new: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor, kl: torch.Tensor | None, clip: float, beta: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """logp_new, logp_old, adv, kl `[N]` float32 (contiguous) -> `(loss, clip_frac, approx_kl)`, each 0-d
     float32."""
     (n,) = logp_new.shape
-    loss, clip_frac, approx_kl = (torch.empty((), device=logp_new.device, dtype=torch.float32)
-                                  for _ in range(3))
+    loss, clip_frac, approx_kl = (torch.empty((), device=logp_new.device, dtype=torch.float32) for _ in range(3))
     block = min(FWD_BLOCK, max(16, triton.next_power_of_2(n)))
     _clipped_policy_loss_fwd_kernel[(1,)](
-        logp_new, logp_old, adv, logp_new if kl is None else kl, loss, clip_frac, approx_kl, n, 1.0 - clip,
-        1.0 + clip, float(clip), float(beta), HAS_KL=kl is not None, BLOCK=block, num_warps=4)
+        logp_new,
+        logp_old,
+        adv,
+        logp_new if kl is None else kl,
+        loss,
+        clip_frac,
+        approx_kl,
+        n,
+        1.0 - clip,
+        1.0 + clip,
+        float(clip),
+        float(beta),
+        HAS_KL=kl is not None,
+        BLOCK=block,
+        num_warps=4,
+    )
     return loss, clip_frac, approx_kl
 
 
-def clipped_policy_loss_bwd(grad_loss: torch.Tensor, logp_new: torch.Tensor, logp_old: torch.Tensor,
-                            adv: torch.Tensor, clip: float, beta: float,
-                            n_kl: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_policy_loss_bwd(
+    grad_loss: torch.Tensor,
+    logp_new: torch.Tensor,
+    logp_old: torch.Tensor,
+    adv: torch.Tensor,
+    clip: float,
+    beta: float,
+    n_kl: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """grad_loss 0-d float32; the rest `[N]` float32. Returns `(grad_logp_new [N], grad_kl [N])` float32;
     grad_kl is zeros when there is no kl term (`n_kl` False)."""
     (n,) = logp_new.shape
@@ -96,6 +140,18 @@ def clipped_policy_loss_bwd(grad_loss: torch.Tensor, logp_new: torch.Tensor, log
     grad_kl = torch.empty_like(logp_new)
     block = min(BWD_BLOCK, max(16, triton.next_power_of_2(n)))
     _clipped_policy_loss_bwd_kernel[(triton.cdiv(n, block),)](
-        grad_loss, logp_new, logp_old, adv, grad_logp, grad_kl, n, 1.0 - clip, 1.0 + clip, float(beta),
-        HAS_KL=bool(n_kl), BLOCK=block, num_warps=4)
+        grad_loss,
+        logp_new,
+        logp_old,
+        adv,
+        grad_logp,
+        grad_kl,
+        n,
+        1.0 - clip,
+        1.0 + clip,
+        float(beta),
+        HAS_KL=bool(n_kl),
+        BLOCK=block,
+        num_warps=4,
+    )
     return grad_logp, grad_kl

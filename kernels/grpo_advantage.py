@@ -52,15 +52,27 @@ def pooled_std(mu: torch.Tensor, m2: torch.Tensor, group_size: int) -> torch.Ten
     s = torch.empty(C, device=mu.device, dtype=torch.float64)
     block_c = min(64, triton.next_power_of_2(C))
     block_p = min(triton.next_power_of_2(P), max(1, 2048 // block_c))
-    _pooled_std_kernel[(triton.cdiv(C, block_c),)](mu, m2, s, P, C, group_size, BLOCK_P=block_p,
-                                                   BLOCK_C=block_c, num_warps=4)
+    _pooled_std_kernel[(triton.cdiv(C, block_c),)](
+        mu, m2, s, P, C, group_size, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4
+    )
     return s
 
 
 @triton.jit
-def _grpo_advantage_kernel(r_ptr, adv_ptr, mu_ptr, m2_ptr, s_global_ptr, P, G, eps: tl.float64,
-                           adv_clip: tl.float64, MODE: tl.constexpr, BLOCK_P: tl.constexpr,
-                           BLOCK_G: tl.constexpr):
+def _grpo_advantage_kernel(
+    r_ptr,
+    adv_ptr,
+    mu_ptr,
+    m2_ptr,
+    s_global_ptr,
+    P,
+    G,
+    eps: tl.float64,
+    adv_clip: tl.float64,
+    MODE: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+):
     rows = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     cols = tl.arange(0, BLOCK_G)
     row_ok = rows < P

@@ -28,10 +28,26 @@ def _kl_denominator(std, scale, KL_FORM: tl.constexpr):
 
 
 @triton.jit
-def _sde_log_prob_fwd_kernel(x_ptr, v_ptr, x_next_ptr, v_ref_ptr, sigma_ptr, sigma_next_ptr, logp_part_ptr,
-                             kl_part_ptr, N, num_chunks, a, sin_a, weight, log_sqrt_2pi,
-                             SDE_TYPE: tl.constexpr, KL_FORM: tl.constexpr, HAS_REF: tl.constexpr,
-                             BLOCK: tl.constexpr):
+def _sde_log_prob_fwd_kernel(
+    x_ptr,
+    v_ptr,
+    x_next_ptr,
+    v_ref_ptr,
+    sigma_ptr,
+    sigma_next_ptr,
+    logp_part_ptr,
+    kl_part_ptr,
+    N,
+    num_chunks,
+    a,
+    sin_a,
+    weight,
+    log_sqrt_2pi,
+    SDE_TYPE: tl.constexpr,
+    KL_FORM: tl.constexpr,
+    HAS_REF: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     chunk = tl.program_id(0)
     row = tl.program_id(1)
     sigma = tl.load(sigma_ptr + row)
@@ -63,10 +79,26 @@ def _sde_log_prob_fwd_kernel(x_ptr, v_ptr, x_next_ptr, v_ref_ptr, sigma_ptr, sig
 
 
 @triton.jit
-def _sde_log_prob_bwd_kernel(grad_logp_ptr, grad_kl_ptr, x_ptr, v_ptr, x_next_ptr, v_ref_ptr, sigma_ptr,
-                             sigma_next_ptr, grad_v_ptr, N, a, sin_a, weight,
-                             SDE_TYPE: tl.constexpr, KL_FORM: tl.constexpr, HAS_REF: tl.constexpr,
-                             EMULATE_BF16_RNE: tl.constexpr, BLOCK: tl.constexpr):
+def _sde_log_prob_bwd_kernel(
+    grad_logp_ptr,
+    grad_kl_ptr,
+    x_ptr,
+    v_ptr,
+    x_next_ptr,
+    v_ref_ptr,
+    sigma_ptr,
+    sigma_next_ptr,
+    grad_v_ptr,
+    N,
+    a,
+    sin_a,
+    weight,
+    SDE_TYPE: tl.constexpr,
+    KL_FORM: tl.constexpr,
+    HAS_REF: tl.constexpr,
+    EMULATE_BF16_RNE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     chunk = tl.program_id(0)
     row = tl.program_id(1)
     sigma = tl.load(sigma_ptr + row)
@@ -93,9 +125,18 @@ def _sde_log_prob_bwd_kernel(grad_logp_ptr, grad_kl_ptr, x_ptr, v_ptr, x_next_pt
     tl.store(grad_v_ptr + offs, round_to(grad, grad_v_ptr.dtype.element_ty, EMULATE_BF16_RNE), mask=mask)
 
 
-def sde_log_prob_fwd(x: torch.Tensor, v: torch.Tensor, x_next: torch.Tensor, v_ref: torch.Tensor | None,
-                     sigma: torch.Tensor, sigma_next: torch.Tensor, a: float, sde_type: int,
-                     reduce_mean: bool, kl_form: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sde_log_prob_fwd(
+    x: torch.Tensor,
+    v: torch.Tensor,
+    x_next: torch.Tensor,
+    v_ref: torch.Tensor | None,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    a: float,
+    sde_type: int,
+    reduce_mean: bool,
+    kl_form: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """x, v, x_next, v_ref `[B, N]` (one dtype, contiguous); sigma, sigma_next `[B]` float32.
 
     Returns `(logp [B] float32, kl [B] float32)`; kl is zeros when v_ref is None.
@@ -104,21 +145,47 @@ def sde_log_prob_fwd(x: torch.Tensor, v: torch.Tensor, x_next: torch.Tensor, v_r
     block, num_chunks, num_warps = chunking(N)
     logp_part = torch.empty((B, num_chunks), device=x.device, dtype=torch.float32)
     has_ref = v_ref is not None
-    kl_part = torch.empty_like(logp_part) if has_ref else torch.zeros((B, 1), device=x.device,
-                                                                       dtype=torch.float32)
+    kl_part = torch.empty_like(logp_part) if has_ref else torch.zeros((B, 1), device=x.device, dtype=torch.float32)
     _sde_log_prob_fwd_kernel[(num_chunks, B)](
-        x, v, x_next, v_ref if has_ref else v, sigma, sigma_next, logp_part, kl_part, N, num_chunks, float(a),
-        math.sin(a * math.pi / 2.0), 1.0 / N if reduce_mean else 1.0, LOG_SQRT_2PI,
-        SDE_TYPE=int(sde_type), KL_FORM=int(kl_form), HAS_REF=has_ref, BLOCK=block, num_warps=num_warps)
+        x,
+        v,
+        x_next,
+        v_ref if has_ref else v,
+        sigma,
+        sigma_next,
+        logp_part,
+        kl_part,
+        N,
+        num_chunks,
+        float(a),
+        math.sin(a * math.pi / 2.0),
+        1.0 / N if reduce_mean else 1.0,
+        LOG_SQRT_2PI,
+        SDE_TYPE=int(sde_type),
+        KL_FORM=int(kl_form),
+        HAS_REF=has_ref,
+        BLOCK=block,
+        num_warps=num_warps,
+    )
     logp = logp_part[:, 0] if num_chunks == 1 else logp_part.sum(dim=1)
     kl = kl_part[:, 0] if kl_part.shape[1] == 1 else kl_part.sum(dim=1)
     return logp, kl
 
 
-def sde_log_prob_bwd(grad_logp: torch.Tensor, grad_kl: torch.Tensor, x: torch.Tensor, v: torch.Tensor,
-                     x_next: torch.Tensor, v_ref: torch.Tensor | None, sigma: torch.Tensor,
-                     sigma_next: torch.Tensor, a: float, sde_type: int, reduce_mean: bool,
-                     kl_form: int) -> torch.Tensor:
+def sde_log_prob_bwd(
+    grad_logp: torch.Tensor,
+    grad_kl: torch.Tensor,
+    x: torch.Tensor,
+    v: torch.Tensor,
+    x_next: torch.Tensor,
+    v_ref: torch.Tensor | None,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    a: float,
+    sde_type: int,
+    reduce_mean: bool,
+    kl_form: int,
+) -> torch.Tensor:
     """grad_logp, grad_kl `[B]` float32; the rest as in `sde_log_prob_fwd`. Returns grad_v `[B, N]` in v's
     dtype."""
     B, N = x.shape
@@ -126,8 +193,24 @@ def sde_log_prob_bwd(grad_logp: torch.Tensor, grad_kl: torch.Tensor, x: torch.Te
     grad_v = torch.empty_like(v)
     has_ref = v_ref is not None
     _sde_log_prob_bwd_kernel[(num_chunks, B)](
-        grad_logp, grad_kl, x, v, x_next, v_ref if has_ref else v, sigma, sigma_next, grad_v, N, float(a),
-        math.sin(a * math.pi / 2.0), 1.0 / N if reduce_mean else 1.0,
-        SDE_TYPE=int(sde_type), KL_FORM=int(kl_form), HAS_REF=has_ref,
-        EMULATE_BF16_RNE=interpreted(_sde_log_prob_bwd_kernel), BLOCK=block, num_warps=num_warps)
+        grad_logp,
+        grad_kl,
+        x,
+        v,
+        x_next,
+        v_ref if has_ref else v,
+        sigma,
+        sigma_next,
+        grad_v,
+        N,
+        float(a),
+        math.sin(a * math.pi / 2.0),
+        1.0 / N if reduce_mean else 1.0,
+        SDE_TYPE=int(sde_type),
+        KL_FORM=int(kl_form),
+        HAS_REF=has_ref,
+        EMULATE_BF16_RNE=interpreted(_sde_log_prob_bwd_kernel),
+        BLOCK=block,
+        num_warps=num_warps,
+    )
     return grad_v

@@ -78,9 +78,25 @@ def chunking(n: int) -> tuple[int, int, int]:
 
 
 @triton.jit
-def _sde_step_kernel(x_ptr, v_ptr, noise_ptr, sigma_ptr, sigma_next_ptr, x_next_ptr, x0_hat_ptr, partial_ptr,
-                     N, num_chunks, a, sin_a, weight, log_sqrt_2pi,
-                     SDE_TYPE: tl.constexpr, EMULATE_BF16_RNE: tl.constexpr, BLOCK: tl.constexpr):
+def _sde_step_kernel(
+    x_ptr,
+    v_ptr,
+    noise_ptr,
+    sigma_ptr,
+    sigma_next_ptr,
+    x_next_ptr,
+    x0_hat_ptr,
+    partial_ptr,
+    N,
+    num_chunks,
+    a,
+    sin_a,
+    weight,
+    log_sqrt_2pi,
+    SDE_TYPE: tl.constexpr,
+    EMULATE_BF16_RNE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     chunk = tl.program_id(0)
     row = tl.program_id(1)
     sigma = tl.load(sigma_ptr + row)
@@ -110,9 +126,16 @@ def _sde_step_kernel(x_ptr, v_ptr, noise_ptr, sigma_ptr, sigma_next_ptr, x_next_
     tl.store(partial_ptr + row * num_chunks + chunk, tl.where(live, part, 0.0))
 
 
-def sde_step_fwd(x: torch.Tensor, v: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor,
-                 sigma_next: torch.Tensor, a: float, sde_type: int,
-                 reduce_mean: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sde_step_fwd(
+    x: torch.Tensor,
+    v: torch.Tensor,
+    noise: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    a: float,
+    sde_type: int,
+    reduce_mean: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x, v, noise `[B, N]` (float32/bfloat16/float16, contiguous); sigma, sigma_next `[B]` float32.
 
     Returns `(x_next [B, N] x.dtype, logp [B] float32, x0_hat [B, N] x.dtype)`.
@@ -123,9 +146,24 @@ def sde_step_fwd(x: torch.Tensor, v: torch.Tensor, noise: torch.Tensor, sigma: t
     x0_hat = torch.empty_like(x)
     partial = torch.empty((B, num_chunks), device=x.device, dtype=torch.float32)
     _sde_step_kernel[(num_chunks, B)](
-        x, v, noise, sigma, sigma_next, x_next, x0_hat, partial, N, num_chunks, float(a),
-        math.sin(a * math.pi / 2.0), 1.0 / N if reduce_mean else 1.0, LOG_SQRT_2PI,
-        SDE_TYPE=int(sde_type), EMULATE_BF16_RNE=interpreted(_sde_step_kernel), BLOCK=block,
-        num_warps=num_warps)
+        x,
+        v,
+        noise,
+        sigma,
+        sigma_next,
+        x_next,
+        x0_hat,
+        partial,
+        N,
+        num_chunks,
+        float(a),
+        math.sin(a * math.pi / 2.0),
+        1.0 / N if reduce_mean else 1.0,
+        LOG_SQRT_2PI,
+        SDE_TYPE=int(sde_type),
+        EMULATE_BF16_RNE=interpreted(_sde_step_kernel),
+        BLOCK=block,
+        num_warps=num_warps,
+    )
     logp = partial[:, 0] if num_chunks == 1 else partial.sum(dim=1)
     return x_next, logp, x0_hat

@@ -35,10 +35,28 @@ from .grpo_advantage import MODE_GLOBAL_STD, MODE_GROUP_STD, MODE_STATS, pooled_
 
 
 @triton.jit
-def _tcrm_adae_kernel(r_ptr, adv_ptr, q_ptr, omega_ptr, mu_ptr, s_ptr, fallback_ptr, mu64_ptr, m2_ptr,
-                      s_global_ptr, G, T, gamma: tl.float64, k: tl.float64, eps: tl.float64,
-                      adv_clip: tl.float64, USE_OMEGA: tl.constexpr, MODE: tl.constexpr,
-                      BLOCK_G: tl.constexpr, BLOCK_T: tl.constexpr):
+def _tcrm_adae_kernel(
+    r_ptr,
+    adv_ptr,
+    q_ptr,
+    omega_ptr,
+    mu_ptr,
+    s_ptr,
+    fallback_ptr,
+    mu64_ptr,
+    m2_ptr,
+    s_global_ptr,
+    G,
+    T,
+    gamma: tl.float64,
+    k: tl.float64,
+    eps: tl.float64,
+    adv_clip: tl.float64,
+    USE_OMEGA: tl.constexpr,
+    MODE: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
     p = tl.program_id(0)
     g = tl.arange(0, BLOCK_G)
     t = tl.arange(0, BLOCK_T)
@@ -86,8 +104,9 @@ def _tcrm_adae_kernel(r_ptr, adv_ptr, q_ptr, omega_ptr, mu_ptr, s_ptr, fallback_
         tl.store(s_ptr + row, s.to(tl.float32), mask=t_ok)
 
 
-def tcrm_adae_fwd(rewards: torch.Tensor, gamma: float, k: float, eps: float, adv_clip: float,
-                  use_omega: bool, global_std: bool) -> tuple[torch.Tensor, ...]:
+def tcrm_adae_fwd(
+    rewards: torch.Tensor, gamma: float, k: float, eps: float, adv_clip: float, use_omega: bool, global_std: bool
+) -> tuple[torch.Tensor, ...]:
     """rewards `[P, G, T]` float32 (contiguous) -> `(A, Q, omega [P, G, T], mu, s [P, T], fallback [P, G])`,
     all float32; fallback is 1.0 where omega fell back to 1; with global_std each row of s is the batch
     std."""
@@ -97,8 +116,9 @@ def tcrm_adae_fwd(rewards: torch.Tensor, gamma: float, k: float, eps: float, adv
     s = torch.empty_like(mu)
     fallback = torch.empty((P, G), device=rewards.device, dtype=torch.float32)
     block_g, block_t = triton.next_power_of_2(G), triton.next_power_of_2(T)
-    meta = dict(USE_OMEGA=bool(use_omega), BLOCK_G=block_g, BLOCK_T=block_t,
-                num_warps=max(1, min(8, block_g * block_t // 256)))
+    meta = dict(
+        USE_OMEGA=bool(use_omega), BLOCK_G=block_g, BLOCK_T=block_t, num_warps=max(1, min(8, block_g * block_t // 256))
+    )
     outputs = (rewards, adv, q, omega, mu, s, fallback)
     scalars = (G, T, float(gamma), float(k), float(eps), float(adv_clip))
     if not global_std:

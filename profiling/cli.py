@@ -74,21 +74,35 @@ def add_profile_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--config", default=None, help="YAML config (default: the built-in CPU default)")
     p.add_argument("--iters", type=int, default=3, help="measured rounds per mode (0: no run, --predict only)")
     p.add_argument("--warmup", type=int, default=1, help="rounds dropped before measuring")
-    p.add_argument("--modes", type=_modes, default=list(_DEFAULT_MODES),
-                   help=f"comma-separated profiler modes: an estimator's name, or NAME-serial|overlap|sparse for a "
-                        f"dense one (default: {','.join(_DEFAULT_MODES)})")
+    p.add_argument(
+        "--modes",
+        type=_modes,
+        default=list(_DEFAULT_MODES),
+        help=f"comma-separated profiler modes: an estimator's name, or NAME-serial|overlap|sparse for a "
+        f"dense one (default: {','.join(_DEFAULT_MODES)})",
+    )
     p.add_argument("--train", action="store_true", help="include advantages and the update in each iteration")
     p.add_argument("--sparse-k", type=int, default=2, help="vgpo-sparse: reward every k steps")
-    p.add_argument("--random-init", action="store_true",
-                   help="a seeded random model of the task's size instead of model.path / the shipped base model "
-                        "(the costs do not depend on the weights)")
+    p.add_argument(
+        "--random-init",
+        action="store_true",
+        help="a seeded random model of the task's size instead of model.path / the shipped base model "
+        "(the costs do not depend on the weights)",
+    )
     p.add_argument("--out", default="runs/profile", help="output directory")
-    p.add_argument("--trace", action="store_true", help="also a torch.profiler Chrome trace of one vgpo-overlap "
-                                                        "iteration (<out>/trace.json)")
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="also a torch.profiler Chrome trace of one vgpo-overlap iteration (<out>/trace.json)",
+    )
     p.add_argument("--nvml-interval", type=float, default=0.05, help="NVML sampling period, s")
     p.add_argument("--predict", action="store_true", help="print the cost model's table of predicted iteration times")
-    p.add_argument("--costs", default=None, help="op costs for the table: a JSON file or key=value,... seconds per "
-                                                 "sample (default: measured in this run, from vgpo-serial)")
+    p.add_argument(
+        "--costs",
+        default=None,
+        help="op costs for the table: a JSON file or key=value,... seconds per "
+        "sample (default: measured in this run, from vgpo-serial)",
+    )
     p.add_argument("--predict-T", type=_ints, default=None, help="T values of the table (default: the config's)")
     p.add_argument("--predict-G", type=_ints, default=None, help="G values (default: the config's)")
     p.add_argument("--predict-batch", type=_ints, default=None, help="P, prompts per iteration (default: config's)")
@@ -102,10 +116,19 @@ def workload_of(meta: dict[str, Any], mode: str, train: bool | None = None) -> W
     from .cost_model import Workload
 
     k = meta["train_steps_per_trajectory"]  # None (T - 1, following T in a table) when it is the default
-    return Workload(mode=mode, T=meta["T"], P=meta["P"], G=meta["G"], sparse_k=meta["sparse_k"],
-                    max_in_flight=meta["max_in_flight"], train=meta["train"] if train is None else train,
-                    train_steps=None if k == meta["T"] - 1 else k, inner_epochs=meta["inner_epochs"],
-                    minibatch_size=meta["minibatch_size"], grad_accum=meta["grad_accum"])
+    return Workload(
+        mode=mode,
+        T=meta["T"],
+        P=meta["P"],
+        G=meta["G"],
+        sparse_k=meta["sparse_k"],
+        max_in_flight=meta["max_in_flight"],
+        train=meta["train"] if train is None else train,
+        train_steps=None if k == meta["T"] - 1 else k,
+        inner_epochs=meta["inner_epochs"],
+        minibatch_size=meta["minibatch_size"],
+        grad_accum=meta["grad_accum"],
+    )
 
 
 def validate_cost_model(report: dict[str, Any], source: str = "vgpo-serial") -> dict[str, Any]:
@@ -118,34 +141,55 @@ def validate_cost_model(report: dict[str, Any], source: str = "vgpo-serial") -> 
     rows = []
     for mode, m in report["modes"].items():
         pred = predict(costs, workload_of(report["meta"], mode))
-        rows.append({"mode": mode, "measured": m["total_mean"], "predicted": pred.total,
-                     "error": pred.total / m["total_mean"] - 1.0, "predicted_reward_wait": pred.reward_wait,
-                     "measured_reward_wait": m["reward_wait_total"]})
-    return {"costs_from": source, "costs": asdict(costs), "validation": rows,
-            "max_abs_error": max(abs(r["error"]) for r in rows)}
+        rows.append(
+            {
+                "mode": mode,
+                "measured": m["total_mean"],
+                "predicted": pred.total,
+                "error": pred.total / m["total_mean"] - 1.0,
+                "predicted_reward_wait": pred.reward_wait,
+                "measured_reward_wait": m["reward_wait_total"],
+            }
+        )
+    return {
+        "costs_from": source,
+        "costs": asdict(costs),
+        "validation": rows,
+        "max_abs_error": max(abs(r["error"]) for r in rows),
+    }
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    print(f"{'mode':<14}{'T':>4}{'G':>4}{'P':>5}{'gpus':>5}{'rollout s':>11}{'waited s':>10}{'train s':>10}"
-          f"{'total s':>10}{'vs flow_grpo':>14}")
+    print(
+        f"{'mode':<14}{'T':>4}{'G':>4}{'P':>5}{'gpus':>5}{'rollout s':>11}{'waited s':>10}{'train s':>10}"
+        f"{'total s':>10}{'vs flow_grpo':>14}"
+    )
     for r in rows:
-        print(f"{r['mode']:<14}{r['T']:>4}{r['G']:>4}{r['P']:>5}{r['gpus']:>5}{r['rollout']:>11.4f}"
-              f"{r['reward_wait']:>10.4f}{r['train']:>10.4f}{r['total']:>10.4f}{r['overhead']:>13.3f}x")
+        print(
+            f"{r['mode']:<14}{r['T']:>4}{r['G']:>4}{r['P']:>5}{r['gpus']:>5}{r['rollout']:>11.4f}"
+            f"{r['reward_wait']:>10.4f}{r['train']:>10.4f}{r['total']:>10.4f}{r['overhead']:>13.3f}x"
+        )
 
 
 def _print_summary(report: dict[str, Any]) -> None:
     meta = report["meta"]
-    print(f"\n{meta['device']} ({meta['timer']}), torch {meta['torch']}, {meta['cpus']} CPUs, {meta['torch_threads']} "
-          f"torch threads, load average {meta['load_average']}; T={meta['T']} P={meta['P']} G={meta['G']} "
-          f"train={meta['train']}")
-    print(f"{'mode':<14}{'iter s':>9}{'vs flow_grpo':>14}{'transformer':>13}{'sde op':>9}{'waited':>9}"
-          f"{'reward busy':>13}{'overlap eff':>13}{'(ceiling)':>10}{'train':>9}")
+    print(
+        f"\n{meta['device']} ({meta['timer']}), torch {meta['torch']}, {meta['cpus']} CPUs, {meta['torch_threads']} "
+        f"torch threads, load average {meta['load_average']}; T={meta['T']} P={meta['P']} G={meta['G']} "
+        f"train={meta['train']}"
+    )
+    print(
+        f"{'mode':<14}{'iter s':>9}{'vs flow_grpo':>14}{'transformer':>13}{'sde op':>9}{'waited':>9}"
+        f"{'reward busy':>13}{'overlap eff':>13}{'(ceiling)':>10}{'train':>9}"
+    )
     for mode, m in report["modes"].items():
         ph = m["phases"]
         ov = m["reward_overhead"]
-        print(f"{mode:<14}{m['total_mean']:>9.3f}{(f'{ov:.3f}x' if ov else '-'):>14}{ph['transformer']:>13.3f}"
-              f"{ph['sde_op']:>9.3f}{m['reward_wait_total']:>9.3f}{m['reward_busy']:>13.3f}"
-              f"{m['overlap_efficiency']:>13.1%}{m['efficiency_ceiling']:>10.0%}{ph['train']:>9.3f}")
+        print(
+            f"{mode:<14}{m['total_mean']:>9.3f}{(f'{ov:.3f}x' if ov else '-'):>14}{ph['transformer']:>13.3f}"
+            f"{ph['sde_op']:>9.3f}{m['reward_wait_total']:>9.3f}{m['reward_busy']:>13.3f}"
+            f"{m['overlap_efficiency']:>13.1%}{m['efficiency_ceiling']:>10.0%}{ph['train']:>9.3f}"
+        )
 
 
 def _build_trainer(args: argparse.Namespace, cfg):
@@ -172,14 +216,26 @@ def run_profile(args: argparse.Namespace) -> int:
         raise ValueError(f"--iters and --warmup must be >= 0, got {args.iters} and {args.warmup}")
     given = load_costs(args.costs) if args.costs else None
     r = cfg.rollout
-    grid = (args.predict_T or [r.steps], args.predict_G or [r.group_size], args.predict_batch or
-            [r.prompts_per_iter], args.predict_gpus)
+    grid = (
+        args.predict_T or [r.steps],
+        args.predict_G or [r.group_size],
+        args.predict_batch or [r.prompts_per_iter],
+        args.predict_gpus,
+    )
     if args.iters == 0:
         if not (args.predict and given):
             raise ValueError("--iters 0 runs nothing: it needs --predict and --costs")
-        base = Workload("flow_grpo", T=r.steps, P=r.prompts_per_iter, G=r.group_size, sparse_k=args.sparse_k,
-                        max_in_flight=cfg.reward.max_in_flight, minibatch_size=cfg.train.minibatch_size,
-                        grad_accum=cfg.train.grad_accum, inner_epochs=cfg.train.inner_epochs)
+        base = Workload(
+            "flow_grpo",
+            T=r.steps,
+            P=r.prompts_per_iter,
+            G=r.group_size,
+            sparse_k=args.sparse_k,
+            max_in_flight=cfg.reward.max_in_flight,
+            minibatch_size=cfg.train.minibatch_size,
+            grad_accum=cfg.train.grad_accum,
+            inner_epochs=cfg.train.inner_epochs,
+        )
         _print_table(prediction_table(given, base, *grid))
         return 0
 
@@ -207,8 +263,10 @@ def run_profile(args: argparse.Namespace) -> int:
         _print_summary(report)
         print(f"\ncost model (per-sample op costs from {report['cost_model']['costs_from']}):")
         for row in report["cost_model"]["validation"]:
-            print(f"  {row['mode']:<14} measured {row['measured']:.3f} s, predicted {row['predicted']:.3f} s, "
-                  f"error {row['error']:+.1%}")
+            print(
+                f"  {row['mode']:<14} measured {row['measured']:.3f} s, predicted {row['predicted']:.3f} s, "
+                f"error {row['error']:+.1%}"
+            )
         if args.predict:
             costs = given or OpCosts(**report["cost_model"]["costs"])
             base = workload_of(report["meta"], "flow_grpo")
@@ -219,8 +277,10 @@ def run_profile(args: argparse.Namespace) -> int:
         (out / "profile.json").write_text(json.dumps(report, indent=1, default=_json_default))
         plot_timeline(report, out / "timeline.png")
         plot_breakdown(report, out / "breakdown.png")
-        print(f"\nwrote {out / 'profile.json'}, {out / 'timeline.png'}, {out / 'breakdown.png'}"
-              + (f", {out / 'trace.json'}" if args.trace else ""))
+        print(
+            f"\nwrote {out / 'profile.json'}, {out / 'timeline.png'}, {out / 'breakdown.png'}"
+            + (f", {out / 'trace.json'}" if args.trace else "")
+        )
     finally:
         prof.close()
         trainer.close()

@@ -79,11 +79,20 @@ class OpCosts:
             k = meta["train_steps_per_trajectory"] * meta["inner_epochs"]
             train = ph["train"] / (n * k) if k else 0.0
         # With overlap off the hand-off holds the whole job: only its excess over the job is the hand-off itself.
-        handoff = max(0.0, ph["reward_wait"] + ph["reward_finish"] - busy_decode - busy_reward) / (n * S) \
-            if mode == "vgpo-serial" else 0.0
-        return cls(transformer_step=ph["transformer"] / (n * T), sde_step=ph["sde_op"] / (n * T),
-                   decode=busy_decode / (n * S), reward=busy_reward / (n * S), train_step=train, handoff=handoff,
-                   setup=ph["setup"] + ph.get("advantage", 0.0) + max(0.0, ph.get("other", 0.0)))
+        handoff = (
+            max(0.0, ph["reward_wait"] + ph["reward_finish"] - busy_decode - busy_reward) / (n * S)
+            if mode == "vgpo-serial"
+            else 0.0
+        )
+        return cls(
+            transformer_step=ph["transformer"] / (n * T),
+            sde_step=ph["sde_op"] / (n * T),
+            decode=busy_decode / (n * S),
+            reward=busy_reward / (n * S),
+            train_step=train,
+            handoff=handoff,
+            setup=ph["setup"] + ph.get("advantage", 0.0) + max(0.0, ph.get("other", 0.0)),
+        )
 
 
 @dataclass
@@ -107,8 +116,17 @@ class Workload:
     def __post_init__(self) -> None:
         if self.mode not in available_modes():
             raise ValueError(f"Workload.mode must be one of {available_modes()}, got {self.mode!r}")
-        for name in ("T", "P", "G", "gpus", "sparse_k", "max_in_flight", "inner_epochs", "minibatch_size",
-                     "grad_accum"):
+        for name in (
+            "T",
+            "P",
+            "G",
+            "gpus",
+            "sparse_k",
+            "max_in_flight",
+            "inner_epochs",
+            "minibatch_size",
+            "grad_accum",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"Workload.{name} must be >= 1, got {getattr(self, name)}")
 
@@ -173,13 +191,22 @@ def predict(costs: OpCosts, w: Workload) -> Prediction:
         k = (w.T - 1) if w.train_steps is None else w.train_steps
         opt_steps = w.inner_epochs * math.ceil(math.ceil(n / w.minibatch_size) / w.grad_accum)
         train = w.inner_epochs * n * k * costs.train_step + opt_steps * (
-            costs.optimizer_step + (costs.allreduce if w.gpus > 1 else 0.0))
-    return Prediction(rollout=rollout, reward_wait=waited, train=train, setup=costs.setup,
-                      total=rollout + train + costs.setup)
+            costs.optimizer_step + (costs.allreduce if w.gpus > 1 else 0.0)
+        )
+    return Prediction(
+        rollout=rollout, reward_wait=waited, train=train, setup=costs.setup, total=rollout + train + costs.setup
+    )
 
 
-def prediction_table(costs: OpCosts, base: Workload, Ts: list[int], Gs: list[int], Ps: list[int],
-                     gpus: list[int], modes: tuple[str, ...] = DEFAULT_MODES) -> list[dict[str, Any]]:
+def prediction_table(
+    costs: OpCosts,
+    base: Workload,
+    Ts: list[int],
+    Gs: list[int],
+    Ps: list[int],
+    gpus: list[int],
+    modes: tuple[str, ...] = DEFAULT_MODES,
+) -> list[dict[str, Any]]:
     """Rows {mode, T, G, P, gpus, rollout, reward_wait, train, total, overhead (total / flow_grpo's)} over the
     grid (base supplies the other settings)."""
     rows = []
@@ -190,6 +217,15 @@ def prediction_table(costs: OpCosts, base: Workload, Ts: list[int], Gs: list[int
                     ref = predict(costs, replace(base, mode="flow_grpo", T=T, G=G, P=P, gpus=g))
                     for mode in modes:
                         pr = predict(costs, replace(base, mode=mode, T=T, G=G, P=P, gpus=g))
-                        rows.append({"mode": mode, "T": T, "G": G, "P": P, "gpus": g, **asdict(pr),
-                                     "overhead": pr.total / ref.total if ref.total > 0 else float("nan")})
+                        rows.append(
+                            {
+                                "mode": mode,
+                                "T": T,
+                                "G": G,
+                                "P": P,
+                                "gpus": g,
+                                **asdict(pr),
+                                "overhead": pr.total / ref.total if ref.total > 0 else float("nan"),
+                            }
+                        )
     return rows

@@ -65,10 +65,12 @@ class NvmlSampler:
     def _read(self, i: int, h: Any) -> dict[str, Any]:
         nv = self._nvml
         sample: dict[str, Any] = {"t": time.perf_counter(), "device": i}
-        for key, fn in (("util", lambda: nv.nvmlDeviceGetUtilizationRates(h)),
-                        ("mem", lambda: nv.nvmlDeviceGetMemoryInfo(h)),
-                        ("power_w", lambda: nv.nvmlDeviceGetPowerUsage(h) / 1e3),
-                        ("sm_clock_mhz", lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM))):
+        for key, fn in (
+            ("util", lambda: nv.nvmlDeviceGetUtilizationRates(h)),
+            ("mem", lambda: nv.nvmlDeviceGetMemoryInfo(h)),
+            ("power_w", lambda: nv.nvmlDeviceGetPowerUsage(h) / 1e3),
+            ("sm_clock_mhz", lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM)),
+        ):
             try:
                 value = fn()
             except Exception:  # a field the device does not report: leave it out of this sample
@@ -108,10 +110,16 @@ class NvmlSampler:
         for d in self.devices:
             rows = [s for s in self.samples if s["device"] == d["index"]]
             summary[str(d["index"])] = {
-                f: {"mean": statistics.fmean(v), "max": max(v)}
-                for f in FIELDS if (v := [s[f] for s in rows if f in s])}
-        return {"available": self.available, "reason": self.reason, "interval_s": self.interval_s,
-                "devices": self.devices, "samples": self.samples, "summary": summary}
+                f: {"mean": statistics.fmean(v), "max": max(v)} for f in FIELDS if (v := [s[f] for s in rows if f in s])
+            }
+        return {
+            "available": self.available,
+            "reason": self.reason,
+            "interval_s": self.interval_s,
+            "devices": self.devices,
+            "samples": self.samples,
+            "summary": summary,
+        }
 
     def line(self) -> str:
         """One line for the console."""

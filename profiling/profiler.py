@@ -63,6 +63,7 @@ def _label(name: str) -> contextlib.AbstractContextManager:
 
 def interval_overlap(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]) -> float:
     """Length of (union of intervals a) intersected with (union of intervals b), seconds."""
+
     def union(xs: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
         out: list[tuple[float, float]] = []
         for s, e in sorted((s, e) for s, e in xs if e > s):
@@ -103,7 +104,8 @@ class Profiler:
         self.T = trainer.cfg.rollout.steps
         self.pipelines: dict[str, RewardPipeline] = {
             name: trainer.make_reward_pipeline(mode.reward_steps(self.T, sparse_k), mode.overlap)
-            for name, mode in self.mode_of.items()}
+            for name, mode in self.mode_of.items()
+        }
         self.clock = Clock(trainer.device)
 
     # ------------------------------------------------------------------------------------------ one iteration
@@ -186,19 +188,22 @@ class Profiler:
         # Each chunk's terminal reward starts after its last step and is waited for before the next chunk starts.
         n_jobs, n_chunks = len(reward_lane) // 2, sum(1 for rt in reward_timings if rt["per_step"]["steps"])
         return {
-            "mode": mode, "iteration": iteration, "train": train, "total": total,
-            "phases": phases, "reward_busy": busy_s, "reward_exposed": exposed,
+            "mode": mode,
+            "iteration": iteration,
+            "train": train,
+            "total": total,
+            "phases": phases,
+            "reward_busy": busy_s,
+            "reward_exposed": exposed,
             "overlap_efficiency": (1.0 - exposed / busy_s) if busy_s > 0 else 0.0,
             "efficiency_ceiling": (1.0 - n_chunks / n_jobs) if n_jobs else 0.0,
-            "per_step": {**per_step, **rstep,
-                         "evaluated": sorted({j for _, j, _, _ in reward_lane})},
+            "per_step": {**per_step, **rstep, "evaluated": sorted({j for _, j, _, _ in reward_lane})},
             "engine": [{k: v for k, v in rt.items() if k != "per_step"} for rt in reward_timings],
             "lanes": {"main": [list(s) for s in segments], "reward": [list(s) for s in reward_lane]},
         }
 
     # ------------------------------------------------------------------------------------------ many
-    def profile(self, iters: int = 3, warmup: int = 1, train: bool = False,
-                progress=None) -> dict[str, Any]:
+    def profile(self, iters: int = 3, warmup: int = 1, train: bool = False, progress=None) -> dict[str, Any]:
         """`warmup` + `iters` rounds over the modes (order reversed every other round); warm-up rounds are
         dropped. Returns `summarise(records)` plus the records."""
         if iters < 1 or warmup < 0:
@@ -217,18 +222,29 @@ class Profiler:
     def describe(self, train: bool) -> dict[str, Any]:
         cfg = self.trainer.cfg
         device = self.trainer.device
-        return {"device": str(device), "torch": torch.__version__, "cpus": os.cpu_count(),
-                "cpu": platform.processor() or platform.machine(),
-                "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-                "torch_threads": torch.get_num_threads(), "timer": "cuda events" if device.type == "cuda"
-                else "perf_counter", "T": self.T, "P": cfg.rollout.prompts_per_iter, "G": cfg.rollout.group_size,
-                "chunk_size": cfg.rollout.chunk_size, "guidance_scale": cfg.rollout.guidance_scale,
-                "sparse_k": self.sparse_k, "max_in_flight": cfg.reward.max_in_flight,
-                "worker_threads": cfg.reward.worker_threads, "train": train,
-                "train_steps_per_trajectory": train_steps_per_trajectory(cfg),
-                "minibatch_size": cfg.train.minibatch_size, "grad_accum": cfg.train.grad_accum,
-                "inner_epochs": cfg.train.inner_epochs,
-                "reward_steps": {m: self.pipelines[m].steps for m in self.modes}}
+        return {
+            "device": str(device),
+            "torch": torch.__version__,
+            "cpus": os.cpu_count(),
+            "cpu": platform.processor() or platform.machine(),
+            "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "torch_threads": torch.get_num_threads(),
+            "timer": "cuda events" if device.type == "cuda" else "perf_counter",
+            "T": self.T,
+            "P": cfg.rollout.prompts_per_iter,
+            "G": cfg.rollout.group_size,
+            "chunk_size": cfg.rollout.chunk_size,
+            "guidance_scale": cfg.rollout.guidance_scale,
+            "sparse_k": self.sparse_k,
+            "max_in_flight": cfg.reward.max_in_flight,
+            "worker_threads": cfg.reward.worker_threads,
+            "train": train,
+            "train_steps_per_trajectory": train_steps_per_trajectory(cfg),
+            "minibatch_size": cfg.train.minibatch_size,
+            "grad_accum": cfg.train.grad_accum,
+            "inner_epochs": cfg.train.inner_epochs,
+            "reward_steps": {m: self.pipelines[m].steps for m in self.modes},
+        }
 
     @contextlib.contextmanager
     def chrome_trace(self, path: str) -> Iterator[None]:
@@ -259,15 +275,18 @@ def summarise(records: list[dict[str, Any]], meta: dict[str, Any] | None = None)
         T = len(rs[0]["per_step"]["transformer"])
         modes[mode] = {
             "iterations": len(rs),
-            "total_mean": _mean(totals), "total_median": float(statistics.median(totals)),
+            "total_mean": _mean(totals),
+            "total_median": float(statistics.median(totals)),
             "total_min": min(totals),
             "phases": {p: _mean([r["phases"][p] for r in rs]) for p in rs[0]["phases"]},
             "reward_busy": _mean([r["reward_busy"] for r in rs]),
             "reward_wait_total": _mean([r["phases"]["reward_wait"] + r["phases"]["reward_finish"] for r in rs]),
             "overlap_efficiency": _mean([r["overlap_efficiency"] for r in rs]),
             "efficiency_ceiling": rs[0]["efficiency_ceiling"],
-            "per_step": {k: [_mean([r["per_step"][k][j] for r in rs]) for j in range(T)]
-                         for k in ("transformer", "sde_op", "reward_wait", "decode", "reward")},
+            "per_step": {
+                k: [_mean([r["per_step"][k][j] for r in rs]) for j in range(T)]
+                for k in ("transformer", "sde_op", "reward_wait", "decode", "reward")
+            },
             "evaluated_steps": rs[0]["per_step"]["evaluated"],
         }
     base = modes.get("flow_grpo")

@@ -42,8 +42,9 @@ def _vgpo_fast() -> list[str]:
 
 @pytest.mark.parametrize("argv", [["--help"], *([name, "--help"] for name in SUBCOMMANDS)], ids=" ".join)
 def test_help_imports_nothing_heavy(argv: list[str]) -> None:
-    proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(argv), json.dumps(HEAVY)], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps(argv), json.dumps(HEAVY)], capture_output=True, text=True, timeout=120
+    )
     result = json.loads(proc.stderr.strip().splitlines()[-1])
     assert proc.returncode == 0 and result["code"] in (0, None), proc.stderr
     assert result["heavy"] == [], f"vgpo-fast {' '.join(argv)} imported {result['heavy']}"

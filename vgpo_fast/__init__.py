@@ -47,8 +47,11 @@ def _torchao_enum_pytree_registration(record: logging.LogRecord) -> bool:
     # import; torch >= 2.13 supports Enums natively and only warns that the call is deprecated. Nothing changes for
     # us, and torchao, not this project, makes the call. Enums of any other package still warn.
     cls = record.args[0] if isinstance(record.args, tuple) and record.args else None
-    return (isinstance(record.msg, str) and record.msg.startswith("%s is an Enum subclass and is now natively")
-            and getattr(cls, "__module__", "").startswith("torchao."))
+    return (
+        isinstance(record.msg, str)
+        and record.msg.startswith("%s is an Enum subclass and is now natively")
+        and getattr(cls, "__module__", "").startswith("torchao.")
+    )
 
 
 def _diffusers_torchao_safe_globals(record: logging.LogRecord) -> bool:
@@ -65,9 +68,11 @@ def _silence_known_harmless_logs() -> None:
     those import torchao whenever it is installed; each filter matches one message of one logger (see each
     predicate's comment for why the message is harmless). Installed on the package's import, before any of them.
     """
-    for logger, match in (("torchao", _torchao_cuda_kernels_on_cpu_torch),
-                          ("torch.utils._pytree", _torchao_enum_pytree_registration),
-                          ("diffusers.quantizers.torchao.torchao_quantizer", _diffusers_torchao_safe_globals)):
+    for logger, match in (
+        ("torchao", _torchao_cuda_kernels_on_cpu_torch),
+        ("torch.utils._pytree", _torchao_enum_pytree_registration),
+        ("diffusers.quantizers.torchao.torchao_quantizer", _diffusers_torchao_safe_globals),
+    ):
         log = logging.getLogger(logger)
         if not any(isinstance(f, _DropKnownHarmless) and f._match is match for f in log.filters):
             log.addFilter(_DropKnownHarmless(match))

@@ -50,8 +50,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     defaults = PretrainConfig()
     for name in ("steps", "batch_size", "lr", "warmup", "seed", "caption_noise", "eval_prompts", "eval_seeds"):
         value = getattr(defaults, name)
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(value), default=None,
-                       help=f"default {value}")
+        p.add_argument(
+            f"--{name.replace('_', '-')}", dest=name, type=type(value), default=None, help=f"default {value}"
+        )
     p.set_defaults(handler=_pretrain)
 
 
@@ -67,8 +68,14 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = _load_train_config(args)  # a config error is reported once, before any process is started
     if args.nproc is not None and not distributed.under_launcher():
-        distributed.launch(args.nproc, [*(["--config", args.config] if args.config else []),
-                                        *(["--resume"] if args.resume else []), *args.overrides])
+        distributed.launch(
+            args.nproc,
+            [
+                *(["--config", args.config] if args.config else []),
+                *(["--resume"] if args.resume else []),
+                *args.overrides,
+            ],
+        )
     train(cfg, resume=args.resume)
     distributed.shutdown()
     return 0
@@ -123,9 +130,17 @@ def _eval(args: argparse.Namespace) -> int:
     if args.seeds:
         trainer.cfg.run.eval_seeds = args.seeds
     scores, _ = trainer.evaluate()
-    print(json.dumps({"run": args.run, "weights": "base" if args.base else "latest checkpoint",
-                      **scores, "eval_prompts": trainer.cfg.run.eval_prompts,
-                      "eval_seeds": trainer.cfg.run.eval_seeds}))
+    print(
+        json.dumps(
+            {
+                "run": args.run,
+                "weights": "base" if args.base else "latest checkpoint",
+                **scores,
+                "eval_prompts": trainer.cfg.run.eval_prompts,
+                "eval_seeds": trainer.cfg.run.eval_seeds,
+            }
+        )
+    )
     trainer.close()
     return 0
 
@@ -134,13 +149,19 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train with VGPO or Flow-GRPO (no arguments: the CPU default on shapes)")
     p.add_argument("--config", default=None, help="YAML config (default: the built-in CPU default)")
     p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
-    p.add_argument("--nproc", type=int, default=None,
-                   help="train on N processes of this node (starts torchrun; NCCL on GPUs, gloo on CPUs); for "
-                        "several nodes run torchrun yourself (docs/distributed.md)")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        help="train on N processes of this node (starts torchrun; NCCL on GPUs, gloo on CPUs); for "
+        "several nodes run torchrun yourself (docs/distributed.md)",
+    )
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. algorithm.name=flow_grpo")
     p.set_defaults(handler=_train)
-    for name, fn, helptext in (("sample", _sample, "PNG grid of samples from a run's latest checkpoint"),
-                               ("eval", _eval, "held-out reward of a run's latest checkpoint")):
+    for name, fn, helptext in (
+        ("sample", _sample, "PNG grid of samples from a run's latest checkpoint"),
+        ("eval", _eval, "held-out reward of a run's latest checkpoint"),
+    ):
         q = sub.add_parser(name, help=helptext)
         q.add_argument("--run", required=True, help="the run directory (runs/<name>)")
         q.add_argument("--base", action="store_true", help="use the base model instead of the checkpoint")
@@ -162,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vgpo-fast", description="VGPO / Flow-GRPO training runtime")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("backends", help="which op backends run here, and why the others do not").set_defaults(
-        handler=_backends)
+        handler=_backends
+    )
     _add_train(sub)
     _add_pretrain(sub)
     from .profiling.cli import add_profile_parser
@@ -171,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     from .experiments.cli import add_experiment_parser
 
     add_experiment_parser(sub)
-    sub.add_parser("reward-server", help="serve a reward over HTTP (see `vgpo-fast reward-server --help`)",
-                   add_help=False).set_defaults(handler=None)
+    sub.add_parser(
+        "reward-server", help="serve a reward over HTTP (see `vgpo-fast reward-server --help`)", add_help=False
+    ).set_defaults(handler=None)
     args, rest = parser.parse_known_args(argv)
     if args.command == "reward-server":
         import vgpo_fast.tasks.registry  # noqa: F401  (registers the task rewards (shapes) with the reward registry)

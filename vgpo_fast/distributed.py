@@ -34,9 +34,29 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["RankFailure", "World", "all_gather_rows", "all_reduce", "any_rank", "as_rank_failure", "barrier",
-           "chunk_plan", "copy_full_into", "full_state", "full_tensor", "grad_sync", "init", "launch",
-           "localize_optimizer_state", "my_rows", "rows_per_rank", "shutdown", "under_launcher", "world", "wrap_model"]
+__all__ = [
+    "RankFailure",
+    "World",
+    "all_gather_rows",
+    "all_reduce",
+    "any_rank",
+    "as_rank_failure",
+    "barrier",
+    "chunk_plan",
+    "copy_full_into",
+    "full_state",
+    "full_tensor",
+    "grad_sync",
+    "init",
+    "launch",
+    "localize_optimizer_state",
+    "my_rows",
+    "rows_per_rank",
+    "shutdown",
+    "under_launcher",
+    "world",
+    "wrap_model",
+]
 
 
 class RankFailure(RuntimeError):
@@ -74,8 +94,9 @@ def backend_for(device_type: str) -> str:
 
 
 def _stop_on_sigterm(signum: int, _frame: Any) -> NoReturn:
-    raise RankFailure(f"rank {_WORLD.rank}: stopped by the launcher (signal {signum}): another rank failed or the "
-                      f"job was cancelled")
+    raise RankFailure(
+        f"rank {_WORLD.rank}: stopped by the launcher (signal {signum}): another rank failed or the job was cancelled"
+    )
 
 
 def init(timeout_s: float = 1800.0, device: str = "auto") -> World:
@@ -118,8 +139,10 @@ def chunk_plan(n: int, chunk: int, w: World | None = None) -> list[tuple[int, in
         raise ValueError(f"rollout.chunk_size must be >= 1, got {chunk}")
     count = -(-n // chunk)
     if count < w.size:
-        raise ValueError(f"rollout: {n} trajectories in chunks of rollout.chunk_size={chunk} make {count} chunk(s), "
-                         f"fewer than the {w.size} ranks: lower rollout.chunk_size")
+        raise ValueError(
+            f"rollout: {n} trajectories in chunks of rollout.chunk_size={chunk} make {count} chunk(s), "
+            f"fewer than the {w.size} ranks: lower rollout.chunk_size"
+        )
     first, last = w.rank * count // w.size, (w.rank + 1) * count // w.size
     return [(c, c * chunk, min(n, (c + 1) * chunk)) for c in range(first, last)]
 
@@ -160,12 +183,14 @@ def as_rank_failure(exc: BaseException, what: str = "a collective") -> RankFailu
         return None
     text = str(exc).strip()
     backend = isinstance(exc, getattr(dist, "DistBackendError", ())) or any(
-        key in text for key in ("gloo", "NCCL", "by peer", "Timed out", "timed out", "ProcessGroup"))
+        key in text for key in ("gloo", "NCCL", "by peer", "Timed out", "timed out", "ProcessGroup")
+    )
     if not backend:
         return None
     first = text.splitlines()[0].split(" This is typically")[0][:200] if text else type(exc).__name__
-    return RankFailure(f"rank {_WORLD.rank}: {what} across {_WORLD.size} ranks failed, another rank died or hung "
-                       f"({first})")
+    return RankFailure(
+        f"rank {_WORLD.rank}: {what} across {_WORLD.size} ranks failed, another rank died or hung ({first})"
+    )
 
 
 @contextlib.contextmanager
@@ -185,8 +210,10 @@ def all_gather_rows(t: torch.Tensor, counts: Sequence[int], dim: int = 0) -> tor
     if not _WORLD.enabled:
         return t
     if t.shape[dim] != counts[_WORLD.rank]:
-        raise ValueError(f"all_gather_rows: this rank's tensor has {t.shape[dim]} rows along dim {dim}, "
-                         f"expected counts[{_WORLD.rank}]={counts[_WORLD.rank]}")
+        raise ValueError(
+            f"all_gather_rows: this rank's tensor has {t.shape[dim]} rows along dim {dim}, "
+            f"expected counts[{_WORLD.rank}]={counts[_WORLD.rank]}"
+        )
     most = max(counts)
     x = t.to(_comm_device()).movedim(dim, 0).contiguous()
     if x.shape[0] < most:
@@ -224,8 +251,9 @@ def barrier(what: str = "barrier") -> None:
 # --------------------------------------------------------------------------------------------- gradient sync
 
 
-def wrap_model(model: nn.Module, *, lora: bool, device: torch.device,
-               extra_sharded: Sequence[nn.Module] = ()) -> nn.Module:
+def wrap_model(
+    model: nn.Module, *, lora: bool, device: torch.device, extra_sharded: Sequence[nn.Module] = ()
+) -> nn.Module:
     """The module to train with: itself on one process; DDP (LoRA: small gradients, replicated weights) or FSDP2
     `fully_shard` per transformer block and at the root (full fine-tuning: sharded weights, gradients and
     optimiser state). FSDP2 shards in place (the returned module is `model`); `extra_sharded` (e.g. a frozen
@@ -237,8 +265,11 @@ def wrap_model(model: nn.Module, *, lora: bool, device: torch.device,
 
         # No buffer broadcast: rollout forwards (no grad) then run no collective, so ranks may do unequal numbers.
         ids = [device.index] if device.type == "cuda" else None
-        no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
-                   else {"broadcast_buffers": False})
+        no_sync = (
+            {"forward_sync_buffers": False}
+            if "forward_sync_buffers" in inspect.signature(DDP).parameters
+            else {"broadcast_buffers": False}
+        )
         ddp = DDP(model, device_ids=ids, **no_sync)
         _SHARDING[id(ddp)] = "ddp"
         return ddp
@@ -325,8 +356,12 @@ def localize_optimizer_state(state: dict[str, Any], params: Sequence[torch.Tenso
     out["state"] = {}
     for key, per_param in state["state"].items():
         p = params[int(key)]
-        out["state"][key] = {k: _distribute_like(v, p) if _is_dtensor(p) and isinstance(v, torch.Tensor)
-                             and tuple(v.shape) == tuple(p.shape) else v for k, v in per_param.items()}
+        out["state"][key] = {
+            k: _distribute_like(v, p)
+            if _is_dtensor(p) and isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(p.shape)
+            else v
+            for k, v in per_param.items()
+        }
     return out
 
 
@@ -343,8 +378,17 @@ def launch(nproc: int, argv: Sequence[str]) -> NoReturn:
     (one node; for several nodes run torchrun yourself, see docs/distributed.md)."""
     if nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {nproc}")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "vgpo_fast.cli", "train", *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "vgpo_fast.cli",
+        "train",
+        *argv,
+    ]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, cmd)

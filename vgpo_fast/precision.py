@@ -64,8 +64,9 @@ def cpu_has_native_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
-def resolve_precision(requested: str, device: torch.device, *, native_bf16: bool | None = None,
-                      warn: bool = True) -> Precision:
+def resolve_precision(
+    requested: str, device: torch.device, *, native_bf16: bool | None = None, warn: bool = True
+) -> Precision:
     """The precision for `requested` ('auto' | 'no' | 'bf16' | 'fp16') on `device`.
 
     auto: bf16 on CUDA; on a CPU bf16 where it has native bf16 (`native_bf16`, default `cpu_has_native_bf16()`),
@@ -79,12 +80,16 @@ def resolve_precision(requested: str, device: torch.device, *, native_bf16: bool
             return Precision("bf16", torch.bfloat16, requested, f"bf16 on {device.type}")
         if native:
             return Precision("bf16", torch.bfloat16, requested, "this CPU has native bf16 (AVX512-BF16 / AMX)")
-        return Precision("no", None, requested, "this CPU has no native bf16 (bf16 matmuls would be emulated, "
-                                                "~70x slower)")
+        return Precision(
+            "no", None, requested, "this CPU has no native bf16 (bf16 matmuls would be emulated, ~70x slower)"
+        )
     if requested == "no":
         return Precision("no", None, requested, "as configured")
     dtype = torch.bfloat16 if requested == "bf16" else torch.float16
     if cpu and requested == "bf16" and not native and warn:
-        warnings.warn("train.mixed_precision=bf16 on a CPU without native bf16: every matmul is emulated "
-                      "(~70x slower than float32); use train.mixed_precision=auto or no", stacklevel=2)
+        warnings.warn(
+            "train.mixed_precision=bf16 on a CPU without native bf16: every matmul is emulated "
+            "(~70x slower than float32); use train.mixed_precision=auto or no",
+            stacklevel=2,
+        )
     return Precision(requested, dtype, requested, "as configured")

@@ -19,14 +19,17 @@ def flow_grpo_formula(sched, model_output, timestep, sample, noise_level, prev_s
     sigma_prev = sched.sigmas[[i + 1 for i in idx]].view(-1, 1, 1, 1)
     dt = sigma_prev - sigma
     std_dev_t = torch.sqrt(sigma / (1 - torch.where(sigma == 1, sched.sigmas[1], sigma))) * noise_level
-    mean = sample * (1 + std_dev_t**2 / (2 * sigma) * dt) + model_output * (1 + std_dev_t**2 * (1 - sigma)
-                                                                              / (2 * sigma)) * dt
+    mean = (
+        sample * (1 + std_dev_t**2 / (2 * sigma) * dt)
+        + model_output * (1 + std_dev_t**2 * (1 - sigma) / (2 * sigma)) * dt
+    )
     if prev_sample is None:
         noise = randn_tensor(model_output.shape, generator=generator, dtype=model_output.dtype)
         prev_sample = mean + std_dev_t * torch.sqrt(-dt) * noise
     scale = std_dev_t * torch.sqrt(-dt)
-    log_prob = -((prev_sample.detach() - mean) ** 2) / (2 * scale**2) - torch.log(scale) \
-        - math.log(math.sqrt(2 * math.pi))
+    log_prob = (
+        -((prev_sample.detach() - mean) ** 2) / (2 * scale**2) - torch.log(scale) - math.log(math.sqrt(2 * math.pi))
+    )
     return prev_sample, log_prob.mean(dim=(1, 2, 3)), mean, std_dev_t
 
 
@@ -43,8 +46,7 @@ def test_sampling_matches_flow_grpo(scheduler, step):
     t = scheduler.timesteps[step].expand(3)
     ours = sde_step_with_logprob(scheduler, model_output, t, sample, generator=torch.Generator().manual_seed(1))
     theirs = flow_grpo_formula(scheduler, model_output, t, sample, 0.7, None, torch.Generator().manual_seed(1))
-    for name, a, b in zip(("prev_sample", "log_prob", "prev_sample_mean", "std_dev_t"), ours, theirs,
-                          strict=True):
+    for name, a, b in zip(("prev_sample", "log_prob", "prev_sample_mean", "std_dev_t"), ours, theirs, strict=True):
         assert a.dtype == torch.float32 and a.shape == b.shape, name
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
 
@@ -65,10 +67,12 @@ def test_training_log_prob_and_gradient_match_flow_grpo(scheduler):
 
 def test_bf16_model_output_is_upcast_like_flow_grpo(scheduler):
     sample, model_output = torch.randn(2, 4, 8, 8).bfloat16(), torch.randn(2, 4, 8, 8).bfloat16()
-    out = sde_step_with_logprob(scheduler, model_output, scheduler.timesteps[2], sample,
-                                generator=torch.Generator().manual_seed(3))
-    theirs = flow_grpo_formula(scheduler, model_output, scheduler.timesteps[2].expand(2), sample, 0.7, None,
-                               torch.Generator().manual_seed(3))
+    out = sde_step_with_logprob(
+        scheduler, model_output, scheduler.timesteps[2], sample, generator=torch.Generator().manual_seed(3)
+    )
+    theirs = flow_grpo_formula(
+        scheduler, model_output, scheduler.timesteps[2].expand(2), sample, 0.7, None, torch.Generator().manual_seed(3)
+    )
     assert out[0].dtype == torch.float32
     torch.testing.assert_close(out[0], theirs[0], rtol=1e-5, atol=1e-5)
 

@@ -21,9 +21,15 @@ TRAIN_DIR = str(Path(__file__).resolve().parents[1] / "train")
 
 
 def tiny_experiment(model: Path, variants: dict | None = None) -> Experiment:
-    return Experiment("tiny", "tiny model, Redness reward",
-                      variants or {"flow_grpo": ("algorithm.name=flow_grpo",), "vgpo": ("algorithm.name=vgpo",)},
-                      seeds=(0, 1), iterations=2, eval_every=1, common=(*TINY_OVERRIDES, f"model.path={model}"))
+    return Experiment(
+        "tiny",
+        "tiny model, Redness reward",
+        variants or {"flow_grpo": ("algorithm.name=flow_grpo",), "vgpo": ("algorithm.name=vgpo",)},
+        seeds=(0, 1),
+        iterations=2,
+        eval_every=1,
+        common=(*TINY_OVERRIDES, f"model.path={model}"),
+    )
 
 
 def heldout(run_dir: Path) -> dict[int, float]:
@@ -73,8 +79,9 @@ def test_runs_resume_and_results_match_the_metrics(tmp_path: Path, monkeypatch) 
 
 def test_a_failing_run_is_reported_with_its_log_and_the_others_finish(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("PYTHONPATH", TRAIN_DIR)
-    exp = tiny_experiment(save_tiny_model(tmp_path / "model"),
-                          {"ok": (), "bad": ("reward.reward=helpers_train:NoSuchReward",)})
+    exp = tiny_experiment(
+        save_tiny_model(tmp_path / "model"), {"ok": (), "bad": ("reward.reward=helpers_train:NoSuchReward",)}
+    )
     runs = [r for r in plan(exp, tmp_path / "exp", seeds=(0,), iterations=1)]
     with pytest.raises(RuntimeError, match=r"1 run\(s\) failed: bad-s0 \(exit 2, log .*bad-s0.log\)"):
         run_all(runs, 1, jobs=2, log=lambda *_: None, poll_s=0.2)

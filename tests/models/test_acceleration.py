@@ -19,8 +19,7 @@ from vgpo_fast.models import (
 
 
 def _model(width: int = 32, size: int = 8):
-    return build_transformer(tiny_transformer_config(size, width=width, layers=2, heads=2, text_dim=32,
-                                                     pooled_dim=32))
+    return build_transformer(tiny_transformer_config(size, width=width, layers=2, heads=2, text_dim=32, pooled_dim=32))
 
 
 def _inputs(size: int = 8):

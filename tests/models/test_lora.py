@@ -56,8 +56,9 @@ def test_only_lora_trainable_and_targets():
     assert names and all("lora_A" in n or "lora_B" in n for n in names)
     # 2 blocks; the last is context_pre_only (no to_add_out): 8 + 7 targets, A and B each.
     assert len(names) == 2 * (len(MMDIT_LORA_TARGETS) * 2 - 1)
-    assert sum(p.numel() for p in trainable_parameters(model)) == sum(p.numel() for n, p in
-                                                                     model.named_parameters() if "lora_" in n)
+    assert sum(p.numel() for p in trainable_parameters(model)) == sum(
+        p.numel() for n, p in model.named_parameters() if "lora_" in n
+    )
     x, sigma, ehs, pooled = _inputs()
     velocity(model, x, sigma, ehs, pooled).square().mean().backward()
     assert all(p.grad is not None for p in trainable_parameters(model))

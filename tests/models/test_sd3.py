@@ -43,8 +43,9 @@ def _write_clip_tokenizer(folder) -> None:
     folder.mkdir(parents=True)
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "CLIPTokenizer",
-                                                              "model_max_length": CLIP_LENGTH}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "CLIPTokenizer", "model_max_length": CLIP_LENGTH})
+    )
 
 
 def _t5_tokenizer() -> T5TokenizerFast:
@@ -55,10 +56,20 @@ def _t5_tokenizer() -> T5TokenizerFast:
 
 
 def _clip(vocab_size: int, hidden: int) -> CLIPTextModelWithProjection:
-    return CLIPTextModelWithProjection(CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=CLIP_LENGTH, projection_dim=8, bos_token_id=0,
-        eos_token_id=1, pad_token_id=1))
+    return CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=CLIP_LENGTH,
+            projection_dim=8,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,19 +81,53 @@ def sd3_dirs(tmp_path_factory):
     tok, t5_tok = CLIPTokenizer.from_pretrained(root / "clip_tokenizer", local_files_only=True), _t5_tokenizer()
     assert tok("a red cat").input_ids[1:-1] == [tok.convert_tokens_to_ids(t) for t in ("a</w>", "red</w>", "cat</w>")]
     transformer = SD3Transformer2DModel(
-        sample_size=SAMPLE_SIZE, patch_size=2, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
-        num_layers=1, attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
-        pooled_projection_dim=16, pos_embed_max_size=8)
+        sample_size=SAMPLE_SIZE,
+        patch_size=2,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        caption_projection_dim=16,
+        pooled_projection_dim=16,
+        pos_embed_max_size=8,
+    )
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), layers_per_block=1,
-        latent_channels=LATENT_CHANNELS, norm_num_groups=4, sample_size=16, scaling_factor=1.5, shift_factor=0.1)
-    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tok), d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
-                                 relative_attention_num_buckets=8))
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        latent_channels=LATENT_CHANNELS,
+        norm_num_groups=4,
+        sample_size=16,
+        scaling_factor=1.5,
+        shift_factor=0.1,
+    )
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(t5_tok),
+            d_model=32,
+            d_kv=8,
+            d_ff=32,
+            num_layers=1,
+            num_heads=2,
+            relative_attention_num_buckets=8,
+        )
+    )
     pipe = StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
-        text_encoder=_clip(len(tok), 8), tokenizer=tok, text_encoder_2=_clip(len(tok), 16), tokenizer_2=tok,
-        text_encoder_3=t5, tokenizer_3=t5_tok)
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        text_encoder=_clip(len(tok), 8),
+        tokenizer=tok,
+        text_encoder_2=_clip(len(tok), 16),
+        tokenizer_2=tok,
+        text_encoder_3=t5,
+        tokenizer_3=t5_tok,
+    )
     full, no_t5 = root / "full", root / "no_t5"
     pipe.save_pretrained(full)
     # tokenizer/ as real checkpoints have it (vocab.json + merges.txt); tokenizer_2/ as diffusers saves it.
@@ -112,9 +157,14 @@ def test_encode_matches_diffusers_encode_prompt(sd3_dirs, variant):
     ref = StableDiffusion3Pipeline.from_pretrained(path, local_files_only=True, **no_t5)
     assert (ref.text_encoder_3 is None) == (variant == "no_t5")
     with torch.no_grad():
-        want_ehs, _, want_pooled, _ = ref.encode_prompt(PROMPTS, None, None, device=torch.device("cpu"),
-                                                        do_classifier_free_guidance=False,
-                                                        max_sequence_length=T5_LENGTH)
+        want_ehs, _, want_pooled, _ = ref.encode_prompt(
+            PROMPTS,
+            None,
+            None,
+            device=torch.device("cpu"),
+            do_classifier_free_guidance=False,
+            max_sequence_length=T5_LENGTH,
+        )
     ehs, pooled = ours.encode(PROMPTS)
     assert ehs.shape == (len(PROMPTS), CLIP_LENGTH + T5_LENGTH, 32) and pooled.shape == (len(PROMPTS), 16)
     torch.testing.assert_close(ehs, want_ehs, rtol=0, atol=0)

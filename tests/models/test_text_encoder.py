@@ -23,8 +23,9 @@ def test_tokenizer_word_and_char():
 
 
 def test_outputs_and_empty_prompt():
-    enc = TextEncoder(TextEncoderConfig(vocab=build_vocab(["a red circle"]), max_length=8, text_dim=32,
-                                        pooled_dim=48, layers=1)).eval()
+    enc = TextEncoder(
+        TextEncoderConfig(vocab=build_vocab(["a red circle"]), max_length=8, text_dim=32, pooled_dim=48, layers=1)
+    ).eval()
     ehs, pooled = enc.encode(["a red circle", "red"])
     assert ehs.shape == (2, 8, 32) and pooled.shape == (2, 48)
     assert (ehs[1, 2:] == 0).all()  # padding rows are zero
@@ -37,8 +38,9 @@ def test_outputs_and_empty_prompt():
 
 
 def test_save_load(tmp_path):
-    enc = TextEncoder(TextEncoderConfig(vocab=build_vocab(["a red circle"]), text_dim=16, pooled_dim=16,
-                                        layers=1, heads=1)).eval()
+    enc = TextEncoder(
+        TextEncoderConfig(vocab=build_vocab(["a red circle"]), text_dim=16, pooled_dim=16, layers=1, heads=1)
+    ).eval()
     enc.save(tmp_path / "te")
     loaded = TextEncoder.load(tmp_path / "te").eval()
     for a, b in zip(enc.encode(["a red circle", ""]), loaded.encode(["a red circle", ""]), strict=True):

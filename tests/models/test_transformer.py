@@ -20,10 +20,12 @@ PROMPTS = ["a red circle", "two blue squares left of a green triangle"]
 
 
 def _small(text_dim: int = 32, size: int = 8):
-    model = build_transformer(tiny_transformer_config(size, width=32, layers=2, heads=2, text_dim=text_dim,
-                                                      pooled_dim=text_dim)).eval()
-    enc = TextEncoder(TextEncoderConfig(vocab=build_vocab(PROMPTS), text_dim=text_dim, pooled_dim=text_dim,
-                                        layers=1)).eval()
+    model = build_transformer(
+        tiny_transformer_config(size, width=32, layers=2, heads=2, text_dim=text_dim, pooled_dim=text_dim)
+    ).eval()
+    enc = TextEncoder(
+        TextEncoderConfig(vocab=build_vocab(PROMPTS), text_dim=text_dim, pooled_dim=text_dim, layers=1)
+    ).eval()
     return model, enc
 
 
@@ -41,8 +43,9 @@ def test_default_tiny_config_forward_24px():
 
 
 def test_non_square_config():
-    model = build_transformer(tiny_transformer_config((8, 32), width=32, layers=1, heads=2, text_dim=16,
-                                                      pooled_dim=16)).eval()
+    model = build_transformer(
+        tiny_transformer_config((8, 32), width=32, layers=1, heads=2, text_dim=16, pooled_dim=16)
+    ).eval()
     with torch.no_grad():
         v = velocity(model, torch.randn(1, 3, 8, 32), 0.5, torch.randn(1, 4, 16), torch.randn(1, 16))
     assert v.shape == (1, 3, 8, 32)
@@ -89,10 +92,20 @@ def test_cfg():
     uncond = enc.empty_embedding(1)
     x, sigma = torch.randn(2, 3, 8, 8), torch.tensor([0.3, 0.7])
     with torch.no_grad():
-        v_c = model(hidden_states=x, encoder_hidden_states=ehs, pooled_projections=pooled, timestep=sigma * 1000,
-                    return_dict=False)[0]
-        v_u = model(hidden_states=x, encoder_hidden_states=uncond[0].expand_as(ehs),
-                    pooled_projections=uncond[1].expand_as(pooled), timestep=sigma * 1000, return_dict=False)[0]
+        v_c = model(
+            hidden_states=x,
+            encoder_hidden_states=ehs,
+            pooled_projections=pooled,
+            timestep=sigma * 1000,
+            return_dict=False,
+        )[0]
+        v_u = model(
+            hidden_states=x,
+            encoder_hidden_states=uncond[0].expand_as(ehs),
+            pooled_projections=uncond[1].expand_as(pooled),
+            timestep=sigma * 1000,
+            return_dict=False,
+        )[0]
         assert torch.equal(velocity(model, x, sigma, ehs, pooled, guidance_scale=1.0, uncond=uncond), v_c)
         v = velocity(model, x, sigma, ehs, pooled, guidance_scale=4.5, uncond=uncond)
     torch.testing.assert_close(v, v_u + 4.5 * (v_c - v_u), rtol=1e-5, atol=1e-5)

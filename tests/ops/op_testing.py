@@ -59,8 +59,9 @@ def stable_seed(*parts: object) -> int:
     return zlib.crc32(repr(parts).encode()) % 2**31
 
 
-def assert_grad_close(actual: torch.Tensor, truth: torch.Tensor, baseline: torch.Tensor, dtype: torch.dtype,
-                      what: str) -> None:
+def assert_grad_close(
+    actual: torch.Tensor, truth: torch.Tensor, baseline: torch.Tensor, dtype: torch.dtype, what: str
+) -> None:
     """Gradients: error vs the float64 truth at most the tolerance of docs/spec.md section 8 or twice the error of
     the plain-torch reference run in the same dtype, whichever is larger. Gradients hold (x_next - mean) / scale^2,
     whose float32 rounding is amplified by |x| / scale at late steps: no float32 code meets 1e-5 there

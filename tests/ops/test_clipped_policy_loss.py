@@ -60,7 +60,8 @@ def test_float64_gradcheck():
     logp_new.requires_grad_(True)
     kl.requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda a, b: clipped_policy_loss(a, logp_old, adv, b, clip=0.02, beta=0.1).loss, (logp_new, kl))
+        lambda a, b: clipped_policy_loss(a, logp_old, adv, b, clip=0.02, beta=0.1).loss, (logp_new, kl)
+    )
 
 
 def test_on_policy_gradient_is_minus_the_mean_advantage(backend):
@@ -75,8 +76,9 @@ def test_on_policy_gradient_is_minus_the_mean_advantage(backend):
 def test_works_on_any_shape(backend):
     logp_new, logp_old, adv, kl = (t.reshape(4, 5) for t in _inputs(20, 5))
     out = clipped_policy_loss(logp_new, logp_old, adv, kl, beta=0.04, backend=backend)
-    flat = clipped_policy_loss_reference(logp_new.reshape(-1), logp_old.reshape(-1), adv.reshape(-1),
-                                         kl.reshape(-1), 1e-4, 0.04)
+    flat = clipped_policy_loss_reference(
+        logp_new.reshape(-1), logp_old.reshape(-1), adv.reshape(-1), kl.reshape(-1), 1e-4, 0.04
+    )
     torch.testing.assert_close(out.loss, flat.loss)
 
 

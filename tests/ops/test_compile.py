@@ -21,8 +21,7 @@ def _run(fn, backend):
     g = torch.Generator().manual_seed(0)
     x, v, noise = (torch.randn(4, 3, 8, 8, generator=g) for _ in range(3))
     v_theta = (v + 0.01 * torch.randn(4, 3, 8, 8, generator=g)).requires_grad_(True)
-    x0_hat, loss = fn(x, v, noise, v_theta, torch.rand(2, 2, 5, generator=g), torch.randn(4, generator=g),
-                      backend)
+    x0_hat, loss = fn(x, v, noise, v_theta, torch.rand(2, 2, 5, generator=g), torch.randn(4, generator=g), backend)
     loss.backward()
     return x0_hat, loss.detach(), v_theta.grad
 

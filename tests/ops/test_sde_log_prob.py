@@ -17,14 +17,29 @@ def _inputs(shape, dtype, seed, sde_type):
     sigma, sigma_next = step_sigmas(shape[0], g, include_ends=sde_type == "flow_grpo")
     if sde_type == "cps":  # CPS's last step is deterministic: never a training step
         sigma_next = sigma_next.clamp_min(0.01)
-    x_next = sde_step_reference(x.double(), v.double(), noise.double(), sigma, sigma_next, 0.7 if sde_type ==
-                                "flow_grpo" else 0.5, sde_type, "mean").x_next
+    x_next = sde_step_reference(
+        x.double(),
+        v.double(),
+        noise.double(),
+        sigma,
+        sigma_next,
+        0.7 if sde_type == "flow_grpo" else 0.5,
+        sde_type,
+        "mean",
+    ).x_next
     v_ref = v + 0.1 * v_ref  # a nearby reference policy, as in training
     return x.to(dtype), v.to(dtype), x_next.to(dtype), v_ref.to(dtype), sigma, sigma_next
 
 
-CASES = [(s, t, r, k, ref) for s in SHAPES for t in ("flow_grpo", "cps") for r in ("mean", "sum")
-         for k in ("scale", "flow_grpo") for ref in (True, False) if not (k == "flow_grpo" and not ref)]
+CASES = [
+    (s, t, r, k, ref)
+    for s in SHAPES
+    for t in ("flow_grpo", "cps")
+    for r in ("mean", "sum")
+    for k in ("scale", "flow_grpo")
+    for ref in (True, False)
+    if not (k == "flow_grpo" and not ref)
+]
 
 
 @pytest.mark.parametrize("shape, sde_type, reduce, kl_form, with_ref", CASES, ids=str)
@@ -37,8 +52,9 @@ def test_forward_and_backward_match_float64_reference(backend, dtype, shape, sde
     out = sde_log_prob(x, v_grad, x_next, sigma.float(), sigma_next.float(), v_ref=v_ref, backend=backend, **kwargs)
 
     v64 = v.double().requires_grad_(True)
-    truth = sde_log_prob_reference(x.double(), v64, x_next.double(), sigma, sigma_next,
-                                   None if v_ref is None else v_ref.double(), **kwargs)
+    truth = sde_log_prob_reference(
+        x.double(), v64, x_next.double(), sigma, sigma_next, None if v_ref is None else v_ref.double(), **kwargs
+    )
     assert out.logp.dtype == torch.float32 and out.logp.shape == (shape[0],)
     assert_close_to(out.logp, truth.logp, dtype, "logp")
     assert_close_to(out.kl, truth.kl, dtype, "kl")
@@ -49,8 +65,9 @@ def test_forward_and_backward_match_float64_reference(backend, dtype, shape, sde
     (grad,) = torch.autograd.grad(loss, v_grad)
     (grad_truth,) = torch.autograd.grad((truth.logp * w_logp.double()).sum() + (truth.kl * w_kl.double()).sum(), v64)
     v_base = v.clone().requires_grad_(True)
-    base = sde_log_prob(x, v_base, x_next, sigma.float(), sigma_next.float(), v_ref=v_ref, backend="reference",
-                        **kwargs)
+    base = sde_log_prob(
+        x, v_base, x_next, sigma.float(), sigma_next.float(), v_ref=v_ref, backend="reference", **kwargs
+    )
     (grad_base,) = torch.autograd.grad((base.logp * w_logp).sum() + (base.kl * w_kl).sum(), v_base)
     assert grad.dtype == dtype
     assert_grad_close(grad, grad_truth, grad_base, dtype, "grad wrt v")
@@ -63,8 +80,9 @@ def test_float64_op_passes_gradcheck(sde_type, reduce):
     v = v.requires_grad_(True)
 
     def f(v):
-        return tuple(sde_log_prob(x, v, x_next, sigma, sigma_next, v_ref=v_ref, a=0.6, sde_type=sde_type,
-                                  reduce=reduce))
+        return tuple(
+            sde_log_prob(x, v, x_next, sigma, sigma_next, v_ref=v_ref, a=0.6, sde_type=sde_type, reduce=reduce)
+        )
 
     assert torch.autograd.gradcheck(f, (v,))
 
@@ -85,8 +103,9 @@ def test_reference_matches_torch_distributions():
 def test_flow_grpo_kl_form_drops_the_minus_dt_factor(backend):
     x, v, x_next, v_ref, sigma, sigma_next = _inputs((3, 2, 4, 4), torch.float32, 4, "flow_grpo")
     exact = sde_log_prob(x, v, x_next, sigma.float(), sigma_next.float(), v_ref=v_ref, backend=backend)
-    compat = sde_log_prob(x, v, x_next, sigma.float(), sigma_next.float(), v_ref=v_ref, kl_form="flow_grpo",
-                          backend=backend)
+    compat = sde_log_prob(
+        x, v, x_next, sigma.float(), sigma_next.float(), v_ref=v_ref, kl_form="flow_grpo", backend=backend
+    )
     torch.testing.assert_close(compat.kl, exact.kl * (sigma - sigma_next).float(), rtol=1e-5, atol=0)
 
 
@@ -106,8 +125,9 @@ def test_only_logp_or_only_kl_backward(backend):
         truth = sde_log_prob_reference(x.double(), v2, x_next.double(), sigma, sigma_next, v_ref.double())
         truth[pick].sum().backward()
         v3 = v.clone().requires_grad_(True)
-        sde_log_prob(x, v3, x_next, sigma.float(), sigma_next.float(), v_ref=v_ref, backend="reference")[pick] \
-            .sum().backward()
+        sde_log_prob(x, v3, x_next, sigma.float(), sigma_next.float(), v_ref=v_ref, backend="reference")[
+            pick
+        ].sum().backward()
         assert_grad_close(v1.grad, v2.grad, v3.grad, torch.float32, f"grad of output {pick}")
 
 
@@ -135,4 +155,3 @@ def test_bad_shapes_and_dtypes():
         sde_log_prob(x, x, x, 0.5, 0.4, v_ref=x.double())
     with pytest.raises(ValueError, match="kl_form must be one of"):
         sde_log_prob(x, x, x, 0.5, 0.4, kl_form="exact")
-

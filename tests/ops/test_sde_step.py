@@ -26,16 +26,18 @@ def _inputs(shape, dtype, seed):
 def test_backend_matches_float64_reference(backend, dtype, shape, sde_type, reduce):
     x, v, noise, sigma, sigma_next = _inputs(shape, dtype, seed=stable_seed(shape, sde_type, reduce))
     a = 0.7 if sde_type == "flow_grpo" else 0.5
-    out = sde_step(x, v, sigma.float(), sigma_next.float(), noise=noise, a=a, sde_type=sde_type, reduce=reduce,
-                   backend=backend)
+    out = sde_step(
+        x, v, sigma.float(), sigma_next.float(), noise=noise, a=a, sde_type=sde_type, reduce=reduce, backend=backend
+    )
     truth = sde_step_reference(x.double(), v.double(), noise.double(), sigma, sigma_next, a, sde_type, reduce)
     assert out.x_next.dtype == dtype and out.x0_hat.dtype == dtype and out.logp.dtype == torch.float32
     assert out.x_next.shape == shape and out.logp.shape == (shape[0],)
     assert_close_to(out.x_next, truth.x_next, dtype, "x_next")
     assert_close_to(out.x0_hat, truth.x0_hat, dtype, "x0_hat")
     # logp is the density of the x_next returned (rounded to dtype): its float64 truth is that density.
-    truth_logp = sde_log_prob_reference(x.double(), v.double(), out.x_next.double(), sigma, sigma_next, None, a,
-                                        sde_type, reduce).logp
+    truth_logp = sde_log_prob_reference(
+        x.double(), v.double(), out.x_next.double(), sigma, sigma_next, None, a, sde_type, reduce
+    ).logp
     assert_close_to(out.logp, truth_logp, dtype, "logp")
 
 
@@ -63,8 +65,9 @@ def test_a_zero_is_diffusers_euler_step(backend, sde_type):
     for i, t in enumerate(sched.timesteps):
         v = torch.randn_like(x)
         expected = sched.step(v, t, x).prev_sample
-        ours = sde_step(x, v, float(sched.sigmas[i]), float(sched.sigmas[i + 1]), a=0.0, sde_type=sde_type,
-                        backend=backend)
+        ours = sde_step(
+            x, v, float(sched.sigmas[i]), float(sched.sigmas[i + 1]), a=0.0, sde_type=sde_type, backend=backend
+        )
         torch.testing.assert_close(ours.x_next, expected, rtol=1e-5, atol=1e-6)
         assert torch.equal(ours.logp, torch.zeros(2)), "a deterministic step has logp 0"
         x = expected

@@ -38,16 +38,19 @@ def test_reference_matches_brute_force_loops():
     R = _rewards((P, G, T), 1).double()
     out = tcrm_adae_reference(R, gamma=gamma, k=k, eps=eps, adv_clip=1e9)
     r = R.tolist()
-    Q = [[[sum(gamma ** (m - j) * r[p][g][m] for m in range(j, T)) for j in range(T)] for g in range(G)]
-         for p in range(P)]
+    Q = [
+        [[sum(gamma ** (m - j) * r[p][g][m] for m in range(j, T)) for j in range(T)] for g in range(G)]
+        for p in range(P)
+    ]
     for p in range(P):
         for g in range(G):
             mean_q = sum(Q[p][g]) / T
             for j in range(T):
                 column = [Q[p][h][j] for h in range(G)]
                 omega = Q[p][g][j] / mean_q if mean_q > eps else 1.0
-                adv = omega * ((Q[p][g][j] - statistics.fmean(column)) / (statistics.pstdev(column) + eps)
-                               + k * Q[p][g][j])
+                adv = omega * (
+                    (Q[p][g][j] - statistics.fmean(column)) / (statistics.pstdev(column) + eps) + k * Q[p][g][j]
+                )
                 assert out.returns[p, g, j].item() == pytest.approx(Q[p][g][j], rel=1e-12)
                 assert out.advantages[p, g, j].item() == pytest.approx(adv, rel=1e-10, abs=1e-12)
     assert out.omega_fallback_frac.item() == pytest.approx(1 / (P * G))

@@ -96,13 +96,24 @@ def test_sde_log_prob_rows_over_several_programs(n, dtype, sde_type, reduce_mean
 
     g = torch.Generator().manual_seed(3)
     grad_logp, grad_kl = torch.randn(3, generator=g), torch.randn(3, generator=g)
-    grad_v = log_prob_kernels.sde_log_prob_bwd(grad_logp.to(DEVICE), grad_kl.to(DEVICE), x, v, x_next, v_ref,
-                                               sigma, sigma_next, *options, kl_form)
+    grad_v = log_prob_kernels.sde_log_prob_bwd(
+        grad_logp.to(DEVICE), grad_kl.to(DEVICE), x, v, x_next, v_ref, sigma, sigma_next, *options, kl_form
+    )
     assert grad_v.dtype == dtype
-    grad_truth = sde_log_prob_backward_reference(grad_logp.double(), grad_kl.double(), x64, v64, x_next64,
-                                                 v_ref64, sigma64, sigma_next64, a, name, reduce, form)
-    grad_base = sde_log_prob_backward_reference(grad_logp, grad_kl, *(t.cpu() for t in (x, v, x_next, v_ref)),
-                                                sigma.cpu(), sigma_next.cpu(), a, name, reduce, form)
+    grad_truth = sde_log_prob_backward_reference(
+        grad_logp.double(), grad_kl.double(), x64, v64, x_next64, v_ref64, sigma64, sigma_next64, a, name, reduce, form
+    )
+    grad_base = sde_log_prob_backward_reference(
+        grad_logp,
+        grad_kl,
+        *(t.cpu() for t in (x, v, x_next, v_ref)),
+        sigma.cpu(),
+        sigma_next.cpu(),
+        a,
+        name,
+        reduce,
+        form,
+    )
     assert_grad_close(grad_v.cpu(), grad_truth, grad_base, dtype, "grad_v")
 
 
@@ -221,16 +232,17 @@ def test_clipped_policy_loss_over_several_blocks(with_kl):
     kl_in = kl if with_kl else None
     args = [t.to(DEVICE) for t in (logp_new, logp_old, adv)]
     out = loss_kernels.clipped_policy_loss_fwd(*args, None if kl_in is None else kl_in.to(DEVICE), 1e-3, beta)
-    truth = clipped_policy_loss_reference(logp_new.double(), logp_old.double(), adv.double(),
-                                          None if kl_in is None else kl_in.double(), 1e-3, beta)
+    truth = clipped_policy_loss_reference(
+        logp_new.double(), logp_old.double(), adv.double(), None if kl_in is None else kl_in.double(), 1e-3, beta
+    )
     for name, ours, expected in zip(truth._fields, out, truth, strict=True):
         assert ours.shape == () and ours.dtype == torch.float32
         assert math.isclose(ours.item(), expected.item(), rel_tol=RTOL[torch.float32], abs_tol=1e-12), name
     grad_loss = torch.tensor(1.7, device=DEVICE)
     grad_logp, grad_kl = loss_kernels.clipped_policy_loss_bwd(grad_loss, *args, 1e-3, beta, with_kl)
-    truth_logp, truth_kl = clipped_policy_loss_backward_reference(torch.tensor(1.7, dtype=torch.float64),
-                                                                  logp_new.double(), logp_old.double(),
-                                                                  adv.double(), 1e-3, beta)
+    truth_logp, truth_kl = clipped_policy_loss_backward_reference(
+        torch.tensor(1.7, dtype=torch.float64), logp_new.double(), logp_old.double(), adv.double(), 1e-3, beta
+    )
     assert_close_to(grad_logp.cpu(), truth_logp, torch.float32, "grad_logp_new")
     if with_kl:
         assert_close_to(grad_kl.cpu(), truth_kl, torch.float32, "grad_kl")

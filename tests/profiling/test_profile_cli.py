@@ -14,8 +14,22 @@ from vgpo_fast.profiling.cli import main  # noqa: E402
 def test_profile_command_writes_its_outputs(tmp_path: Path, capsys) -> None:
     model = save_tiny_model(tmp_path / "model")
     out = tmp_path / "prof"
-    code = main(["--iters", "1", "--warmup", "0", "--modes", "flow_grpo,vgpo-overlap", "--predict", "--trace",
-                 "--out", str(out), f"model.path={model}", *TINY_OVERRIDES])
+    code = main(
+        [
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--modes",
+            "flow_grpo,vgpo-overlap",
+            "--predict",
+            "--trace",
+            "--out",
+            str(out),
+            f"model.path={model}",
+            *TINY_OVERRIDES,
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0
     report = json.loads((out / "profile.json").read_text())
@@ -32,8 +46,21 @@ def test_profile_command_writes_its_outputs(tmp_path: Path, capsys) -> None:
 def test_profile_with_the_reward_in_a_child_process(tmp_path: Path, capsys) -> None:
     model = save_tiny_model(tmp_path / "model")
     out = tmp_path / "prof"
-    code = main(["--iters", "1", "--warmup", "0", "--modes", "vgpo-overlap", "--out", str(out),
-                 f"model.path={model}", *TINY_OVERRIDES, "reward.worker=process"])
+    code = main(
+        [
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--modes",
+            "vgpo-overlap",
+            "--out",
+            str(out),
+            f"model.path={model}",
+            *TINY_OVERRIDES,
+            "reward.worker=process",
+        ]
+    )
     capsys.readouterr()
     assert code == 0
     mode = json.loads((out / "profile.json").read_text())["modes"]["vgpo-overlap"]

@@ -35,8 +35,7 @@ def report():
 def test_every_mode_runs_with_its_reward_steps(report) -> None:
     assert list(report["modes"]) == list(MODES)
     steps = {m: report["modes"][m]["evaluated_steps"] for m in MODES}
-    assert steps == {"flow_grpo": [3], "vgpo-serial": [0, 1, 2, 3], "vgpo-overlap": [0, 1, 2, 3],
-                     "vgpo-sparse": [1, 3]}
+    assert steps == {"flow_grpo": [3], "vgpo-serial": [0, 1, 2, 3], "vgpo-overlap": [0, 1, 2, 3], "vgpo-sparse": [1, 3]}
     assert report["modes"]["flow_grpo"]["reward_overhead"] == 1.0
     assert all(m["iterations"] == 2 for m in report["modes"].values())
 
@@ -60,7 +59,8 @@ def test_per_step_breakdown_sums_to_the_phases(report) -> None:
         assert len(ps["transformer"]) == 4
         assert sum(ps["transformer"]) == pytest.approx(rec["phases"]["transformer"], abs=1e-9)
         assert sum(ps["reward_wait"]) + rec["phases"]["reward_finish"] == pytest.approx(
-            rec["phases"]["reward_wait"] + rec["phases"]["reward_finish"], abs=1e-9)
+            rec["phases"]["reward_wait"] + rec["phases"]["reward_finish"], abs=1e-9
+        )
         busy = sum(ps["decode"]) + sum(ps["reward"])
         assert busy == pytest.approx(rec["reward_busy"], rel=0.05, abs=1e-4)
         assert [j for j in range(4) if ps["decode"][j] > 0] == ps["evaluated"]

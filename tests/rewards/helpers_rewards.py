@@ -52,5 +52,4 @@ class Probe(Brightness):
 
 def constant_images(values: list[int], size: int = 8) -> np.ndarray:
     """uint8 `[len(values), size, size, 3]`, image i filled with `values[i]` (Brightness values[i] / 255)."""
-    return np.broadcast_to(np.asarray(values, dtype=np.uint8)[:, None, None, None],
-                           (len(values), size, size, 3)).copy()
+    return np.broadcast_to(np.asarray(values, dtype=np.uint8)[:, None, None, None], (len(values), size, size, 3)).copy()

@@ -52,6 +52,7 @@ def _images(b=2, h=4, w=5, seed=0) -> np.ndarray:
 
 # ---- to_uint8_images -------------------------------------------------------------------------------------------
 
+
 def test_uint8_array_passes_through():
     x = _images()
     out = to_uint8_images(x)
@@ -93,17 +94,20 @@ def test_pil_list_is_converted_to_rgb():
     assert gray.shape == (1, 4, 5, 3) and (gray == 7).all()
 
 
-@pytest.mark.parametrize("images, message", [
-    (np.zeros((4, 5, 3), np.uint8), "must be 4-D"),
-    (np.zeros((2, 3, 4, 5), np.uint8), r"uint8 images must be \[B, H, W, 3\]"),
-    (np.zeros((2, 4, 5, 3), np.float32), r"float images must be \[B, 3, H, W\]"),
-    (np.full((1, 3, 2, 2), np.nan, np.float32), "NaN or inf"),
-    (np.zeros((1, 2, 2, 3), np.int32), "must be uint8 or floating point, got dtype int32"),
-    ([], "empty sequence"),
-    ([np.zeros((2, 2, 3), np.uint8)], "list of PIL images"),
-    ("not images", "list of PIL images"),
-    (5, "got int"),
-])
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (np.zeros((4, 5, 3), np.uint8), "must be 4-D"),
+        (np.zeros((2, 3, 4, 5), np.uint8), r"uint8 images must be \[B, H, W, 3\]"),
+        (np.zeros((2, 4, 5, 3), np.float32), r"float images must be \[B, 3, H, W\]"),
+        (np.full((1, 3, 2, 2), np.nan, np.float32), "NaN or inf"),
+        (np.zeros((1, 2, 2, 3), np.int32), "must be uint8 or floating point, got dtype int32"),
+        ([], "empty sequence"),
+        ([np.zeros((2, 2, 3), np.uint8)], "list of PIL images"),
+        ("not images", "list of PIL images"),
+        (5, "got int"),
+    ],
+)
 def test_bad_images_raise_clear_value_errors(images, message):
     with pytest.raises(ValueError, match=message):
         to_uint8_images(images)
@@ -118,6 +122,7 @@ def test_mixed_and_mismatched_pil_lists_raise():
 
 
 # ---- score and the non-finite policy ----------------------------------------------------------------------------
+
 
 def test_score_returns_float32_batch():
     reward = MeanPixel()
@@ -168,6 +173,7 @@ def test_finite_group_mask():
 
 # ---- WeightedSum ------------------------------------------------------------------------------------------------
 
+
 def test_weighted_sum_values_range_and_name():
     a = Fixed([0.2, 0.8], low=0.0, high=1.0, name="a")
     b = Fixed([-1.0, 3.0], low=-2.0, high=5.0, name="b")
@@ -204,11 +210,12 @@ def test_weighted_sum_close_closes_parts():
 
 # ---- submit -----------------------------------------------------------------------------------------------------
 
+
 def test_submit_resolves_to_the_synchronous_scores_on_a_worker_thread():
     reward = MeanPixel()
     x = _images(b=3)
     with reward:
-        futures = [reward.submit(x[i:i + 1], ["p"]) for i in range(3)]
+        futures = [reward.submit(x[i : i + 1], ["p"]) for i in range(3)]
         results = [f.result(timeout=30) for f in futures]
     expected = reward.score(x, ["a", "b", "c"])
     torch.testing.assert_close(torch.cat(results), expected)

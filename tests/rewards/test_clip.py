@@ -12,7 +12,7 @@ transformers = pytest.importorskip("transformers")
 
 from vgpo_fast.rewards.clip import CLIPScore, PickScore  # noqa: E402
 
-PROMPTS = ["a red cube", "a photo of a cat on a mat", "x", "two dogs", "an image with the text \"sun\""]
+PROMPTS = ["a red cube", "a photo of a cat on a mat", "x", "two dogs", 'an image with the text "sun"']
 
 
 def _byte_symbols() -> list[str]:
@@ -39,18 +39,32 @@ def _save_tiny_clip(directory: Path, processor_directory: Path | None = None, se
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     config = CLIPConfig(
-        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                     "num_attention_heads": 2, "max_position_embeddings": 32,
-                     "bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
-                     "pad_token_id": vocab["<|endoftext|>"]},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8},
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 32,
+            "bos_token_id": vocab["<|startoftext|>"],
+            "eos_token_id": vocab["<|endoftext|>"],
+            "pad_token_id": vocab["<|endoftext|>"],
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
         projection_dim=16,
     )
     torch.manual_seed(seed)
     CLIPModel(config).save_pretrained(directory)
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(
-        directory if processor_directory is None else processor_directory)
+        directory if processor_directory is None else processor_directory
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +85,9 @@ def _reference_logits(directory: Path, images: np.ndarray, prompts: list[str]) -
 
     model = CLIPModel.from_pretrained(directory, local_files_only=True).eval()
     processor = CLIPProcessor.from_pretrained(directory, local_files_only=True)
-    inputs = processor(text=prompts, images=list(images), return_tensors="pt", padding="max_length",
-                       max_length=32, truncation=True)
+    inputs = processor(
+        text=prompts, images=list(images), return_tensors="pt", padding="max_length", max_length=32, truncation=True
+    )
     with torch.no_grad():
         logits = model(**inputs).logits_per_image
     return logits.diagonal().float(), float(model.logit_scale.detach().exp())
@@ -102,7 +117,7 @@ def test_shapes_and_ranges(clip_dir, images):
 def test_batching_invariance(clip_dir, images, cls):
     reward = cls(clip_dir, batch_size=2)  # chunks of 2, 2, 1
     batched = reward.score(images, PROMPTS)
-    single = torch.cat([reward.score(images[i:i + 1], PROMPTS[i:i + 1]) for i in range(len(PROMPTS))])
+    single = torch.cat([reward.score(images[i : i + 1], PROMPTS[i : i + 1]) for i in range(len(PROMPTS))])
     torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(cls(clip_dir, batch_size=64).score(images, PROMPTS), batched, rtol=1e-5, atol=1e-5)
 

@@ -25,10 +25,21 @@ from vgpo_fast.tasks.text import HELDOUT_WORDS, TRAIN_WORDS, make_prompt, render
 # ---- edit distance, normalisation, prompt parsing ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("a, b, d", [
-    ("", "", 0), ("abc", "", 3), ("", "abcd", 4), ("abc", "abc", 0), ("kitten", "sitting", 3),
-    ("flaw", "lawn", 2), ("abc", "acb", 2), ("intention", "execution", 5), ("a", "b", 1), ("ab", "ba", 2),
-])
+@pytest.mark.parametrize(
+    "a, b, d",
+    [
+        ("", "", 0),
+        ("abc", "", 3),
+        ("", "abcd", 4),
+        ("abc", "abc", 0),
+        ("kitten", "sitting", 3),
+        ("flaw", "lawn", 2),
+        ("abc", "acb", 2),
+        ("intention", "execution", 5),
+        ("a", "b", 1),
+        ("ab", "ba", 2),
+    ],
+)
 def test_levenshtein_known_cases(a, b, d):
     assert levenshtein(a, b) == d
 
@@ -71,23 +82,31 @@ def test_normalize_text():
 
 # ---- configuration ----------------------------------------------------------------------------------------------
 
+
 def test_bundled_models_are_present():
     paths = bundled_models()
     assert set(paths) == {"det", "rec", "cls"}
     assert all(p.is_file() and p.suffix == ".onnx" for p in paths.values())
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"mode": "fast"}, "mode must be"), ({"num_threads": 0}, "num_threads"),
-    ({"line_max_height": 0}, "line_max_height"), ({"min_confidence": 1.5}, "min_confidence"),
-    ({"rec_batch_size": 0}, "rec_batch_size"), ({"det_max_side": 8}, "det_max_side"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"mode": "fast"}, "mode must be"),
+        ({"num_threads": 0}, "num_threads"),
+        ({"line_max_height": 0}, "line_max_height"),
+        ({"min_confidence": 1.5}, "min_confidence"),
+        ({"rec_batch_size": 0}, "rec_batch_size"),
+        ({"det_max_side": 8}, "det_max_side"),
+    ],
+)
 def test_bad_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         OCRReward(**kwargs)
 
 
 # ---- real OCR ---------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def ocr() -> OCRReward:
@@ -150,7 +169,7 @@ def test_batch_scores_equal_one_by_one(ocr):
     images = np.concatenate([render_batch(words), np.full((1, 32, 128, 3), 255, np.uint8)])
     prompts = [make_prompt(w) for w in ["apple", "zebras", "keyboard", "box", "rainbow", "sky", "cat"]]
     batched = ocr.score(images, prompts)
-    single = torch.cat([ocr.score(images[i:i + 1], prompts[i:i + 1]) for i in range(len(prompts))])
+    single = torch.cat([ocr.score(images[i : i + 1], prompts[i : i + 1]) for i in range(len(prompts))])
     torch.testing.assert_close(batched, single, rtol=0, atol=0)
     with OCRReward(num_threads=1, rec_batch_size=64) as one_call:  # the whole batch in one onnxruntime call
         torch.testing.assert_close(one_call.score(images, prompts), batched, rtol=0, atol=0)
@@ -165,8 +184,12 @@ def test_float_tensor_input_and_submit(ocr):
 
 
 def test_colours_do_not_matter(ocr):
-    images = np.stack([render_text("river", fg=(255, 255, 255), bg=(0, 0, 0)),
-                       render_text("river", fg=(200, 30, 30), bg=(230, 230, 120))])
+    images = np.stack(
+        [
+            render_text("river", fg=(255, 255, 255), bg=(0, 0, 0)),
+            render_text("river", fg=(200, 30, 30), bg=(230, 230, 120)),
+        ]
+    )
     assert ocr.score(images, [make_prompt("river")] * 2).tolist() == [1.0, 1.0]
 
 

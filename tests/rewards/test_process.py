@@ -16,8 +16,12 @@ from vgpo_fast.rewards.process import ProcessReward
 from vgpo_fast.tasks.shapes.render import render_prompts
 from vgpo_fast.tasks.shapes.reward import CompositionalReward
 
-PROMPTS = ["a red circle", "two blue squares", "a green triangle left of a yellow circle",
-           "a red circle above a blue square"]
+PROMPTS = [
+    "a red circle",
+    "two blue squares",
+    "a green triangle left of a yellow circle",
+    "a red circle above a blue square",
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +34,7 @@ def probe():
 def test_scores_equal_the_in_process_verifier_on_ground_truth_and_near_misses() -> None:
     prompts = PROMPTS * 4
     images = render_prompts(prompts, list(range(len(prompts))), 16)
-    images[len(PROMPTS):2 * len(PROMPTS)] = images[:len(PROMPTS)][::-1]  # near misses: another prompt's scene
+    images[len(PROMPTS) : 2 * len(PROMPTS)] = images[: len(PROMPTS)][::-1]  # near misses: another prompt's scene
     images[-1] = images[-1][:, ::-1]  # mirrored: the relation flips
     with ProcessReward({"name": "shapes", "mode": "partial"}) as remote:
         got = remote.score(images, prompts)
@@ -40,7 +44,7 @@ def test_scores_equal_the_in_process_verifier_on_ground_truth_and_near_misses() 
         assert remote.child_spec == {"name": "vgpo_fast.tasks.shapes.reward:CompositionalReward", "mode": "partial"}
     want = CompositionalReward("partial").score(images, prompts)
     assert torch.equal(got, want)
-    assert got[:len(PROMPTS)].eq(1).all() and got[len(PROMPTS):2 * len(PROMPTS)].lt(1).all()
+    assert got[: len(PROMPTS)].eq(1).all() and got[len(PROMPTS) : 2 * len(PROMPTS)].lt(1).all()
 
 
 def test_child_errors_reach_the_caller_as_themselves(probe: ProcessReward) -> None:

@@ -78,8 +78,11 @@ def test_resolve_spec_leaves_targets_and_urls_alone_and_names_unknown_ones() -> 
     assert resolve_spec("ocr?mode=rec") == "vgpo_fast.rewards.ocr:OCRReward?mode=rec"
     assert resolve_spec("helpers_rewards:Probe?delay_s=1") == "helpers_rewards:Probe?delay_s=1"
     assert resolve_spec("http://127.0.0.1:1,http://127.0.0.1:2") == "http://127.0.0.1:1,http://127.0.0.1:2"
-    with pytest.raises(ValueError, match=r"unknown reward 'ocrr' \(did you mean 'ocr'\?\): known names are "
-                                         r".*ocr.*register_reward"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown reward 'ocrr' \(did you mean 'ocr'\?\): known names are "
+        r".*ocr.*register_reward",
+    ):
         resolve_spec("ocrr?mode=rec")
     with pytest.raises(ValueError, match="needs a 'name'"):
         resolve_spec({"mode": "rec"})
@@ -122,9 +125,11 @@ def test_rewards_and_rollout_name_no_task_module() -> None:
 
 def test_rewards_and_rollout_import_no_task_module() -> None:
     modules = [f"{d.replace('/', '.')}.{p.stem}" for d in LAYERED for p in sorted((REPO / d).glob("*.py"))]
-    code = ("import importlib, sys\n"
-            f"for m in {modules!r}: importlib.import_module(m)\n"
-            "print(sorted(m for m in sys.modules if m.startswith('vgpo_fast.tasks')))\n")
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('vgpo_fast.tasks')))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"

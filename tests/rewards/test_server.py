@@ -44,16 +44,35 @@ class Server:
     def __init__(self, tmp: Path, reward: str, *args: str, token: str | None = None) -> None:
         self.log_path = tmp / "server.log"
         port_file = tmp / "port"
-        env = dict(os.environ, OMP_NUM_THREADS="1",
-                   PYTHONPATH=os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")]))
+        env = dict(
+            os.environ,
+            OMP_NUM_THREADS="1",
+            PYTHONPATH=os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")]),
+        )
         env.pop(TOKEN_ENV, None)
         if token:
             env[TOKEN_ENV] = token
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "vgpo_fast.rewards.server", "--reward", reward, "--host", "127.0.0.1",
-                 "--port", "0", "--port-file", str(port_file), *args],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+                [
+                    sys.executable,
+                    "-m",
+                    "vgpo_fast.rewards.server",
+                    "--reward",
+                    reward,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--port-file",
+                    str(port_file),
+                    *args,
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=tmp,
+            )
         deadline = time.monotonic() + START_TIMEOUT_S
         while not port_file.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -71,8 +90,9 @@ class Server:
             self.proc.kill()
         self.proc.wait(timeout=10)
 
-    def post(self, body: bytes, headers: dict[str, str] | None = None, path: str = "/score",
-             method: str = "POST") -> tuple[int, dict]:
+    def post(
+        self, body: bytes, headers: dict[str, str] | None = None, path: str = "/score", method: str = "POST"
+    ) -> tuple[int, dict]:
         """(status, JSON reply) of one raw request on a fresh connection."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
@@ -87,8 +107,19 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Probe reward with a token, 1 MiB / 64-image request limits, up to 64 images and 20 ms per batch."""
-    srv = Server(tmp_path_factory.mktemp("server"), "helpers_rewards:Probe", "--max-request-mb", "1",
-                 "--max-images", "64", "--max-batch", "64", "--max-wait-ms", "20", token=TOKEN)
+    srv = Server(
+        tmp_path_factory.mktemp("server"),
+        "helpers_rewards:Probe",
+        "--max-request-mb",
+        "1",
+        "--max-images",
+        "64",
+        "--max-batch",
+        "64",
+        "--max-wait-ms",
+        "20",
+        token=TOKEN,
+    )
     yield srv
     srv.kill()
 
@@ -122,8 +153,9 @@ def test_scores_equal_in_process(server: Server, encoding: str) -> None:
 
 def test_float_tensor_images_and_submit(client: RewardClient) -> None:
     images = torch.rand(3, 3, 8, 8)
-    assert torch.equal(client.submit(images, ["a", "b", "c"]).result(timeout=20),
-                       Brightness().score(images, ["a", "b", "c"]))
+    assert torch.equal(
+        client.submit(images, ["a", "b", "c"]).result(timeout=20), Brightness().score(images, ["a", "b", "c"])
+    )
 
 
 def test_batch_over_request_limit_is_split(client: RewardClient) -> None:
@@ -204,8 +236,11 @@ def test_server_not_running_fails_fast_and_clearly() -> None:
     port = free_port()
     c = RewardClient(f"http://127.0.0.1:{port}", attempts=3, backoff_s=0.05, connect_timeout=2)
     start = time.monotonic()
-    with pytest.raises(RewardError, match=rf"reward server http://127\.0\.0\.1:{port} unreachable after 3 "
-                                          r"attempts \(connection refused\)"):
+    with pytest.raises(
+        RewardError,
+        match=rf"reward server http://127\.0\.0\.1:{port} unreachable after 3 "
+        r"attempts \(connection refused\)",
+    ):
         c.score(constant_images([1]), ["a"])
     assert time.monotonic() - start < 3.0
 
@@ -254,32 +289,37 @@ def test_failover_to_a_live_server(server: Server) -> None:
 def with_header(body: bytes, **changes: object) -> bytes:
     """`body` (a valid request) with its JSON header fields replaced."""
     head_len = struct.unpack(">I", body[4:8])[0]
-    header = json.loads(body[8:8 + head_len])
+    header = json.loads(body[8 : 8 + head_len])
     header.update(changes)
     head = json.dumps(header).encode()
-    return body[:4] + struct.pack(">I", len(head)) + head + body[8 + head_len:]
+    return body[:4] + struct.pack(">I", len(head)) + head + body[8 + head_len :]
 
 
 MALFORMED = {
     "garbage": (b"hello, not a reward request", {}, 400, "does not start with"),
     "payload_short": (encode_request(constant_images([1, 2]), ["a", "b"])[:-5], {}, 400, "payload is"),
-    "prompt_count": (with_header(encode_request(constant_images([1, 2]), ["a", "b"]),
-                                 prompts=["a", "b", "c"]),
-                     {}, 400, "3 prompts for 2 images"),
+    "prompt_count": (
+        with_header(encode_request(constant_images([1, 2]), ["a", "b"]), prompts=["a", "b", "c"]),
+        {},
+        400,
+        "3 prompts for 2 images",
+    ),
     "too_many_images": (encode_request(constant_images([0] * 65, size=1), ["p"] * 65), {}, 413, "65 images"),
     "too_many_bytes": (b"x" * (16 * 1024 * 1024), {}, 413, "over the server's limit"),
     "no_token": (encode_request(constant_images([1]), ["a"]), {"Authorization": ""}, 401, "missing bearer"),
-    "wrong_token": (encode_request(constant_images([1]), ["a"]), {"Authorization": "Bearer nope"}, 401,
-                    "wrong bearer"),
+    "wrong_token": (encode_request(constant_images([1]), ["a"]), {"Authorization": "Bearer nope"}, 401, "wrong bearer"),
     # a body near the limit: the server reads it before refusing, so the client sees the 401, not a reset
-    "wrong_token_large": (encode_request(constant_images([1], size=550), ["a"]),
-                          {"Authorization": "Bearer nope"}, 401, "wrong bearer"),
+    "wrong_token_large": (
+        encode_request(constant_images([1], size=550), ["a"]),
+        {"Authorization": "Bearer nope"},
+        401,
+        "wrong bearer",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))
-def test_bad_request_rejected_and_server_keeps_serving(server: Server, client: RewardClient,
-                                                       case: str) -> None:
+def test_bad_request_rejected_and_server_keeps_serving(server: Server, client: RewardClient, case: str) -> None:
     body, headers, status, message = MALFORMED[case]
     got, reply = server.post(body, headers)
     assert got == status, reply
@@ -295,8 +335,7 @@ def test_wrong_path_and_method(server: Server) -> None:
 
 
 @pytest.mark.parametrize("token", [None, "nope"])
-def test_token_rejected_without_retries(server: Server, token: str | None,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_token_rejected_without_retries(server: Server, token: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     c = RewardClient(server.url, token=token, attempts=3, backoff_s=1.0)
     start = time.monotonic()
@@ -372,7 +411,9 @@ def test_shapes_reward_through_server(tmp_path: Path) -> None:
 def test_registry_specs() -> None:
     assert {"ocr", "shapes", "compositional", "clipscore", "pickscore"} <= set(available_rewards())
     assert parse_spec("ocr?mode=rec&num_threads=2&use_cls=true&x=none") == (
-        "ocr", {"mode": "rec", "num_threads": 2, "use_cls": True, "x": None})
+        "ocr",
+        {"mode": "rec", "num_threads": 2, "use_cls": True, "x": None},
+    )
     assert parse_spec({"name": "shapes", "mode": "partial"}) == ("shapes", {"mode": "partial"})
     probe = build_reward("helpers_rewards:Probe?delay_s=0.5", nonfinite="drop")
     assert isinstance(probe, Probe) and probe.delay_s == 0.5 and probe.nonfinite == "drop"
@@ -380,18 +421,24 @@ def test_registry_specs() -> None:
     assert isinstance(client, RewardClient) and client.urls == ["http://127.0.0.1:1", "http://127.0.0.1:2"]
 
 
-@pytest.mark.parametrize(("spec", "message"), [
-    ("nope", "unknown reward 'nope': known names are clipscore, compositional, ocr, pickscore, shapes"),
-    ("shape", "unknown reward 'shape' (did you mean 'shapes'?): known names are clipscore, compositional, ocr, "
-              "pickscore, shapes"),
-    ("no_such_module_xyz:Cls", "cannot import module 'no_such_module_xyz'"),
-    ("helpers_rewards:Nope", "has no attribute 'Nope'"),
-    ("helpers_rewards:np", "is not a class or a function"),
-    ("helpers_rewards:Probe?delay=1", "unknown option 'delay'; did you mean 'delay_s'?"),
-    ("helpers_rewards:Probe?delay_s", "key=value"),
-    ("", "non-empty"),
-    ("clipscore", "missing option 'model_dir'"),
-])
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("nope", "unknown reward 'nope': known names are clipscore, compositional, ocr, pickscore, shapes"),
+        (
+            "shape",
+            "unknown reward 'shape' (did you mean 'shapes'?): known names are clipscore, compositional, ocr, "
+            "pickscore, shapes",
+        ),
+        ("no_such_module_xyz:Cls", "cannot import module 'no_such_module_xyz'"),
+        ("helpers_rewards:Nope", "has no attribute 'Nope'"),
+        ("helpers_rewards:np", "is not a class or a function"),
+        ("helpers_rewards:Probe?delay=1", "unknown option 'delay'; did you mean 'delay_s'?"),
+        ("helpers_rewards:Probe?delay_s", "key=value"),
+        ("", "non-empty"),
+        ("clipscore", "missing option 'model_dir'"),
+    ],
+)
 def test_registry_errors(spec: str, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         build_reward(spec)

@@ -33,8 +33,14 @@ def _body(header: dict, payload: bytes) -> bytes:
 
 
 def _header(**changes: object) -> dict:
-    header = {"version": 1, "id": "r1", "prompts": ["a", "b"], "dtype": "uint8", "shape": [2, 4, 5, 3],
-              "encoding": "raw"}
+    header = {
+        "version": 1,
+        "id": "r1",
+        "prompts": ["a", "b"],
+        "dtype": "uint8",
+        "shape": [2, 4, 5, 3],
+        "encoding": "raw",
+    }
     header.update(changes)
     return header
 
@@ -51,11 +57,15 @@ def test_request_round_trip(encoding: str) -> None:
 
 
 @settings(max_examples=25, deadline=None)
-@given(b=st.integers(1, 4), h=st.integers(1, 9), w=st.integers(1, 9), seed=st.integers(0, 2**16),
-       prompts=st.lists(st.text(max_size=12), min_size=4, max_size=4),
-       encoding=st.sampled_from(["raw", "png"]))
-def test_request_round_trip_any_shape(b: int, h: int, w: int, seed: int, prompts: list[str],
-                                      encoding: str) -> None:
+@given(
+    b=st.integers(1, 4),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    seed=st.integers(0, 2**16),
+    prompts=st.lists(st.text(max_size=12), min_size=4, max_size=4),
+    encoding=st.sampled_from(["raw", "png"]),
+)
+def test_request_round_trip_any_shape(b: int, h: int, w: int, seed: int, prompts: list[str], encoding: str) -> None:
     images = _images(b, h, w, seed)
     request = decode_request(encode_request(images, prompts[:b], encoding=encoding))
     assert request.prompts == prompts[:b]
@@ -106,17 +116,20 @@ def test_malformed_request_raises_wire_error(case: str) -> None:
 def test_png_of_wrong_size_rejected_before_decoding() -> None:
     good = encode_request(_images(1, 6, 6), ["a"], encoding="png")
     head_len = struct.unpack(">I", good[4:8])[0]
-    header = json.loads(good[8:8 + head_len])
+    header = json.loads(good[8 : 8 + head_len])
     header["shape"] = [1, 4, 5, 3]  # the PNG says 6x6
     with pytest.raises(WireError, match="image 0 is a PNG of 6x6 .* the header says PNG of 5x4"):
-        decode_request(_body(header, good[8 + head_len:]))
+        decode_request(_body(header, good[8 + head_len :]))
 
 
-@pytest.mark.parametrize(("limits", "message"), [
-    (Limits(max_request_bytes=100), "over the limit of 100"),
-    (Limits(max_images=1), "2 images, over the limit of 1"),
-    (Limits(max_pixels=19), "20 pixels, over the limit of 19"),
-])
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        (Limits(max_request_bytes=100), "over the limit of 100"),
+        (Limits(max_images=1), "2 images, over the limit of 1"),
+        (Limits(max_pixels=19), "20 pixels, over the limit of 19"),
+    ],
+)
 def test_request_over_limits_raises_payload_too_large(limits: Limits, message: str) -> None:
     with pytest.raises(PayloadTooLarge, match=message):
         decode_request(encode_request(_images(2), ["a", "b"]), limits)
@@ -139,13 +152,16 @@ def test_response_round_trip_keeps_non_finite() -> None:
     assert reply["id"] == "id7" and reply["reward"] == "ocr" and reply["timing"] == {"score_ms": 1.5}
 
 
-@pytest.mark.parametrize(("body", "expected", "message"), [
-    (b"<html>", 1, "not UTF-8 JSON"),
-    (b'{"error": "x"}', 1, "no 'scores' list"),
-    (b'{"scores": [0.5]}', 2, "1 scores for 2 images"),
-    (b'{"scores": ["half"]}', 1, "score 0 is 'half'"),
-    (b'{"scores": [true]}', 1, "score 0 is True"),
-])
+@pytest.mark.parametrize(
+    ("body", "expected", "message"),
+    [
+        (b"<html>", 1, "not UTF-8 JSON"),
+        (b'{"error": "x"}', 1, "no 'scores' list"),
+        (b'{"scores": [0.5]}', 2, "1 scores for 2 images"),
+        (b'{"scores": ["half"]}', 1, "score 0 is 'half'"),
+        (b'{"scores": [true]}', 1, "score 0 is True"),
+    ],
+)
 def test_bad_response_raises(body: bytes, expected: int, message: str) -> None:
     with pytest.raises(WireError, match=message):
         decode_response(body, expected)

@@ -95,8 +95,10 @@ def unit_to_pixels(x: torch.Tensor) -> torch.Tensor:
 
 def velocity(target: torch.Tensor):
     """v = x - target: the projections x0_hat_j = (1 - sigma) x + sigma target differ from step to step."""
+
     def vel(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return x - target
+
     return vel
 
 
@@ -104,8 +106,9 @@ def rollout(on_projection=None, seed: int = 0, keep: bool = False, steps: int = 
     g = torch.Generator().manual_seed(seed)
     target = torch.rand(B, 3, SIZE, SIZE, generator=g) * 2 - 1
     noise = torch.randn(B, 3, SIZE, SIZE, generator=g)
-    return sample_trajectories(velocity(target), noise, sigmas(steps), a=0.7, generator=g,
-                               on_projection=on_projection, keep_projections=keep)
+    return sample_trajectories(
+        velocity(target), noise, sigmas(steps), a=0.7, generator=g, on_projection=on_projection, keep_projections=keep
+    )
 
 
 def run(reward: RewardModel, seed: int = 0, keep: bool = False, **kw) -> tuple[object, RewardResult]:
@@ -317,14 +320,35 @@ def test_misuse_is_a_value_error() -> None:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("server")
     port_file = tmp / "port"
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")]),
+    )
     env.pop(TOKEN_ENV, None)
     with open(tmp / "server.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "vgpo_fast.cli", "reward-server", "--reward",
-                                 "test_engine:PixelReward", "--host", "127.0.0.1", "--port", "0", "--port-file",
-                                 str(port_file), "--max-wait-ms", "1"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, cwd=tmp)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vgpo_fast.cli",
+                "reward-server",
+                "--reward",
+                "test_engine:PixelReward",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--port-file",
+                str(port_file),
+                "--max-wait-ms",
+                "1",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp,
+        )
     try:
         deadline = time.monotonic() + 60
         while not port_file.exists():
@@ -356,8 +380,9 @@ def test_cuda_side_stream_bit_identical() -> None:
         g.manual_seed(0)
         with RewardPipeline(PixelReward(), unit_to_pixels, T, overlap=overlap) as rp:
             rp.begin(PROMPTS)
-            traj = sample_trajectories(velocity(target), noise, sigmas(T), generator=g, on_projection=rp,
-                                       keep_projections=True)
+            traj = sample_trajectories(
+                velocity(target), noise, sigmas(T), generator=g, on_projection=rp, keep_projections=True
+            )
             results.append((traj, rp.finish()))
     (t_on, r_on), (t_off, r_off) = results
     assert torch.equal(t_on.latents, t_off.latents) and torch.equal(r_on.rewards, r_off.rewards)

@@ -12,19 +12,23 @@ from vgpo_fast.rollout import sample_trajectories, sigmas
 
 def point_mass(x0_star: torch.Tensor):
     """Data = a point mass at x0*: x_t = (1-t) x0* + t x1, so v = x1 - x0* = (x - x0*) / t exactly."""
+
     def vel(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return (x - x0_star) / sigma.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+
     return vel
 
 
 def gaussian(mu: torch.Tensor, sd: float):
     """Data N(mu, sd^2 I): x_t = (1-t) x0 + t x1 is Gaussian with Var = (1-t)^2 sd^2 + t^2, and
     E[x0|x_t] = mu + (1-t) sd^2 / Var (x_t - (1-t) mu),  E[x1|x_t] = t / Var (x_t - (1-t) mu);  v = E[x1-x0|x_t]."""
+
     def vel(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         t = sigma.reshape(-1, *([1] * (x.dim() - 1))).to(torch.float64)
         var = (1 - t) ** 2 * sd**2 + t**2
         r = x.to(torch.float64) - (1 - t) * mu
         return (t / var * r - (mu + (1 - t) * sd**2 / var * r)).to(x.dtype)
+
     return vel
 
 
@@ -54,8 +58,13 @@ def exact_chain_std(sig: list[float], sd: float, a: float, sde_type: str) -> flo
 def test_point_mass_ode_lands_exactly() -> None:
     x0_star = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64)
     seen = []
-    tr = sample_trajectories(point_mass(x0_star), torch.randn(6, 3, dtype=torch.float64), sigmas(12), a=0.0,
-                             on_projection=lambda j, p: seen.append((j, p.clone())))
+    tr = sample_trajectories(
+        point_mass(x0_star),
+        torch.randn(6, 3, dtype=torch.float64),
+        sigmas(12),
+        a=0.0,
+        on_projection=lambda j, p: seen.append((j, p.clone())),
+    )
     torch.testing.assert_close(tr.final, x0_star.expand(6, 3), rtol=0, atol=1e-12)
     assert [j for j, _ in seen] == list(range(12))
     for _, p in seen:
@@ -68,8 +77,15 @@ def test_point_mass_projections_are_exact_under_sde(sde_type: str) -> None:
     x0_star = torch.tensor([[1.0, -2.0]], dtype=torch.float64)
     seen = []
     g = torch.Generator().manual_seed(3)
-    tr = sample_trajectories(point_mass(x0_star), torch.randn(5, 2, dtype=torch.float64), sigmas(10), a=0.7,
-                             sde_type=sde_type, generator=g, on_projection=lambda j, p: seen.append((j, p.clone())))
+    tr = sample_trajectories(
+        point_mass(x0_star),
+        torch.randn(5, 2, dtype=torch.float64),
+        sigmas(10),
+        a=0.7,
+        sde_type=sde_type,
+        generator=g,
+        on_projection=lambda j, p: seen.append((j, p.clone())),
+    )
     assert [j for j, _ in seen] == list(range(10))
     for j, p in seen[:-1]:
         torch.testing.assert_close(p, x0_star.expand(5, 2), rtol=0, atol=1e-9, msg=f"step {j}")
@@ -90,9 +106,15 @@ def test_projections_match_recomputation_and_come_immediately(sde_type: str) -> 
 
     seen = []
     s = sigmas(T)
-    tr = sample_trajectories(counted, torch.randn(B, 3), s, sde_type=sde_type,
-                             generator=torch.Generator().manual_seed(0), keep_projections=True,
-                             on_projection=lambda j, p: seen.append((j, len(calls), p.clone())))
+    tr = sample_trajectories(
+        counted,
+        torch.randn(B, 3),
+        s,
+        sde_type=sde_type,
+        generator=torch.Generator().manual_seed(0),
+        keep_projections=True,
+        on_projection=lambda j, p: seen.append((j, len(calls), p.clone())),
+    )
     assert len(calls) == T and calls == s[:-1].tolist()
     assert [j for j, _, _ in seen] == list(range(T))
     assert tr.latents.shape == (T + 1, B, 3) and tr.projections.shape == (T, B, 3)
@@ -109,23 +131,36 @@ def test_projections_match_recomputation_and_come_immediately(sde_type: str) -> 
     assert tr.projections is not None
 
 
-@pytest.mark.parametrize(("sde_type", "dtype", "reduce"), [("flow_grpo", torch.float32, "mean"),
-                                                           ("cps", torch.float32, "mean"),
-                                                           ("flow_grpo", torch.float64, "sum"),
-                                                           ("flow_grpo", torch.bfloat16, "mean")])
+@pytest.mark.parametrize(
+    ("sde_type", "dtype", "reduce"),
+    [
+        ("flow_grpo", torch.float32, "mean"),
+        ("cps", torch.float32, "mean"),
+        ("flow_grpo", torch.float64, "sum"),
+        ("flow_grpo", torch.bfloat16, "mean"),
+    ],
+)
 def test_logp_matches_sde_log_prob_on_stored_latents(sde_type: str, dtype: torch.dtype, reduce: str) -> None:
     T, B = 6, 3
     vel = gaussian(torch.tensor([0.5, -0.5], dtype=torch.float64), 0.4)
     s = sigmas(T)
-    tr = sample_trajectories(vel, torch.randn(B, 2, 2).to(dtype), s, a=0.7, sde_type=sde_type, reduce=reduce,
-                             generator=torch.Generator().manual_seed(1))
+    tr = sample_trajectories(
+        vel,
+        torch.randn(B, 2, 2).to(dtype),
+        s,
+        a=0.7,
+        sde_type=sde_type,
+        reduce=reduce,
+        generator=torch.Generator().manual_seed(1),
+    )
     assert tr.latents.dtype == dtype and tr.logp.shape == (T, B)
     assert tr.logp.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     assert tr.train_mask.tolist() == [True] * (T - 1) + [False]
     for j in tr.training_steps:
         x, x_next = tr.latents[j], tr.latents[j + 1]
-        out = sde_log_prob(x, vel(x, s[j].expand(B)), x_next, float(s[j]), float(s[j + 1]), a=0.7,
-                           sde_type=sde_type, reduce=reduce)
+        out = sde_log_prob(
+            x, vel(x, s[j].expand(B)), x_next, float(s[j]), float(s[j + 1]), a=0.7, sde_type=sde_type, reduce=reduce
+        )
         torch.testing.assert_close(out.logp, tr.logp[j], rtol=1e-5, atol=1e-5)
         ratio = torch.exp(out.logp - tr.logp[j])
         torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=1e-5)
@@ -134,8 +169,10 @@ def test_logp_matches_sde_log_prob_on_stored_latents(sde_type: str, dtype: torch
 def test_same_seed_same_trajectory() -> None:
     vel = gaussian(torch.tensor([0.2], dtype=torch.float64), 0.6)
     x = torch.randn(4, 3)
-    run = [sample_trajectories(vel, x, sigmas(6), generator=torch.Generator().manual_seed(seed), keep_projections=True)
-           for seed in (7, 7, 8)]
+    run = [
+        sample_trajectories(vel, x, sigmas(6), generator=torch.Generator().manual_seed(seed), keep_projections=True)
+        for seed in (7, 7, 8)
+    ]
     for field in ("latents", "logp", "projections", "train_mask"):
         assert torch.equal(getattr(run[0], field), getattr(run[1], field))
     assert not torch.equal(run[0].latents[1:], run[2].latents[1:])
@@ -146,8 +183,10 @@ def test_sde_window_steps_are_ode_outside() -> None:
     vel = gaussian(torch.tensor([0.5, 1.0], dtype=torch.float64), 0.3)
     s = sigmas(T)
     x = torch.randn(B, 2, dtype=torch.float64)
-    runs = [sample_trajectories(vel, x, s, sde_steps=(2, 5), generator=torch.Generator().manual_seed(seed))
-            for seed in (0, 1)]
+    runs = [
+        sample_trajectories(vel, x, s, sde_steps=(2, 5), generator=torch.Generator().manual_seed(seed))
+        for seed in (0, 1)
+    ]
     tr = runs[0]
     assert tr.sde_mask.tolist() == [j in (2, 3, 4) for j in range(T)]
     assert tr.train_mask.tolist() == tr.sde_mask.tolist()
@@ -168,13 +207,20 @@ def test_sde_window_steps_are_ode_outside() -> None:
     assert torch.equal(again.latents, tr.latents)
 
 
-@pytest.mark.parametrize(("sde_type", "train_last", "expected_last"), [("flow_grpo", False, False),
-                                                                        ("flow_grpo", True, True),
-                                                                        ("cps", True, False)])
+@pytest.mark.parametrize(
+    ("sde_type", "train_last", "expected_last"),
+    [("flow_grpo", False, False), ("flow_grpo", True, True), ("cps", True, False)],
+)
 def test_train_mask_last_step(sde_type: str, train_last: bool, expected_last: bool) -> None:
     T = 5
-    tr = sample_trajectories(gaussian(torch.zeros(1, dtype=torch.float64), 0.5), torch.randn(2, 2), sigmas(T),
-                             sde_type=sde_type, train_last_step=train_last, generator=torch.Generator().manual_seed(0))
+    tr = sample_trajectories(
+        gaussian(torch.zeros(1, dtype=torch.float64), 0.5),
+        torch.randn(2, 2),
+        sigmas(T),
+        sde_type=sde_type,
+        train_last_step=train_last,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert tr.train_mask.tolist() == [True] * (T - 1) + [expected_last]
     if sde_type == "cps":
         assert not tr.logp[T - 1].any()  # scale 0 at sigma_T = 0: deterministic, no log-probability
@@ -188,14 +234,16 @@ def test_gaussian_marginals(sde_type: str) -> None:
     mu = torch.tensor([0.5, -1.0], dtype=torch.float64)
     s = sigmas(T, shift=1.0)
     g = torch.Generator().manual_seed(123)
-    tr = sample_trajectories(gaussian(mu, sd), torch.randn(N, D, generator=g, dtype=torch.float64), s, a=a,
-                             sde_type=sde_type, generator=g)
+    tr = sample_trajectories(
+        gaussian(mu, sd), torch.randn(N, D, generator=g, dtype=torch.float64), s, a=a, sde_type=sde_type, generator=g
+    )
     final = tr.final
     std_exact = exact_chain_std(s.double().tolist(), sd, a, sde_type)
     # MC: se(mean) = sd / sqrt(N) ~ 0.005, se(std) ~ sd / sqrt(2N) ~ 0.0034; 5 sigma
     torch.testing.assert_close(final.mean(0), mu, rtol=0, atol=5 * sd / math.sqrt(N))
-    torch.testing.assert_close(final.std(0), torch.full((D,), std_exact, dtype=torch.float64), rtol=0,
-                               atol=5 * sd / math.sqrt(2 * N))
+    torch.testing.assert_close(
+        final.std(0), torch.full((D,), std_exact, dtype=torch.float64), rtol=0, atol=5 * sd / math.sqrt(2 * N)
+    )
     if sde_type == "flow_grpo":  # the discretised SDE preserves the data marginal up to O(1/T)
         assert abs(std_exact - sd) < 0.01
         torch.testing.assert_close(final.std(0), torch.full((D,), sd, dtype=torch.float64), rtol=0, atol=0.02)
@@ -203,23 +251,27 @@ def test_gaussian_marginals(sde_type: str) -> None:
 
 def test_velocity_fn_runs_without_grad() -> None:
     w = torch.nn.Parameter(torch.tensor(0.5))
-    tr = sample_trajectories(lambda x, sigma: w * x, torch.randn(2, 3), sigmas(3),
-                             generator=torch.Generator().manual_seed(0))
+    tr = sample_trajectories(
+        lambda x, sigma: w * x, torch.randn(2, 3), sigmas(3), generator=torch.Generator().manual_seed(0)
+    )
     assert not tr.latents.requires_grad and not tr.logp.requires_grad
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"sigmas": torch.tensor([1.0, 0.5, 0.1])},  # does not end at 0
-    {"sigmas": torch.tensor([1.0, 0.5, 0.6, 0.0])},  # not decreasing
-    {"sigmas": torch.tensor([1.5, 0.5, 0.0])},
-    {"sigmas": torch.tensor([0.0])},
-    {"a": -0.1},
-    {"a": float("nan")},
-    {"sde_steps": (0, 9)},
-    {"sde_steps": torch.ones(2, dtype=torch.bool)},
-    {"x": torch.randn(4)},
-    {"velocity_fn": lambda x, sigma: x[:1]},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"sigmas": torch.tensor([1.0, 0.5, 0.1])},  # does not end at 0
+        {"sigmas": torch.tensor([1.0, 0.5, 0.6, 0.0])},  # not decreasing
+        {"sigmas": torch.tensor([1.5, 0.5, 0.0])},
+        {"sigmas": torch.tensor([0.0])},
+        {"a": -0.1},
+        {"a": float("nan")},
+        {"sde_steps": (0, 9)},
+        {"sde_steps": torch.ones(2, dtype=torch.bool)},
+        {"x": torch.randn(4)},
+        {"velocity_fn": lambda x, sigma: x[:1]},
+    ],
+)
 def test_rejects_bad_arguments(kwargs) -> None:
     args = {"velocity_fn": lambda x, sigma: x, "x": torch.randn(2, 3), "sigmas": sigmas(4)}
     args.update(kwargs)

@@ -26,33 +26,50 @@ def test_shift_one_is_linear() -> None:
     torch.testing.assert_close(s[:-1], torch.linspace(1.0, 1e-3, 4), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize(("steps", "shift"), [(0, 3.0), (-2, 3.0), (2.5, 3.0), (True, 3.0), (4, 0.0),
-                                              (4, -1.0), (4, float("nan")), (4, "3")])
+@pytest.mark.parametrize(
+    ("steps", "shift"), [(0, 3.0), (-2, 3.0), (2.5, 3.0), (True, 3.0), (4, 0.0), (4, -1.0), (4, float("nan")), (4, "3")]
+)
 def test_sigmas_rejects_bad_arguments(steps, shift) -> None:
     with pytest.raises(ValueError):
         sigmas(steps, shift)
 
 
-@pytest.mark.parametrize(("T", "spec", "expected"), [
-    (5, "all", [0, 1, 2, 3, 4]),
-    (10, 1, list(range(10))),
-    (10, 3, [0, 3, 6, 9]),
-    (10, 4, [1, 5, 9]),
-    (10, 10, [9]),
-    (10, 50, [9]),
-    (1, "all", [0]),
-    (10, [0, 4], [0, 4, 9]),
-    (10, [4, 0, 4, 9], [0, 4, 9]),
-    (10, [], [9]),
-    (10, (2,), [2, 9]),
-    (6, torch.tensor([1, 3]), [1, 3, 5]),
-])
+@pytest.mark.parametrize(
+    ("T", "spec", "expected"),
+    [
+        (5, "all", [0, 1, 2, 3, 4]),
+        (10, 1, list(range(10))),
+        (10, 3, [0, 3, 6, 9]),
+        (10, 4, [1, 5, 9]),
+        (10, 10, [9]),
+        (10, 50, [9]),
+        (1, "all", [0]),
+        (10, [0, 4], [0, 4, 9]),
+        (10, [4, 0, 4, 9], [0, 4, 9]),
+        (10, [], [9]),
+        (10, (2,), [2, 9]),
+        (6, torch.tensor([1, 3]), [1, 3, 5]),
+    ],
+)
 def test_reward_steps_hand_examples(T: int, spec, expected: list[int]) -> None:
     assert reward_steps(T, spec) == expected
 
 
-@pytest.mark.parametrize(("T", "spec"), [(10, "some"), (10, 0), (10, -2), (10, True), (10, [10]), (10, [-1]),
-                                         (10, [1.5]), (10, 2.0), (0, "all"), (10, None)])
+@pytest.mark.parametrize(
+    ("T", "spec"),
+    [
+        (10, "some"),
+        (10, 0),
+        (10, -2),
+        (10, True),
+        (10, [10]),
+        (10, [-1]),
+        (10, [1.5]),
+        (10, 2.0),
+        (0, "all"),
+        (10, None),
+    ],
+)
 def test_reward_steps_rejects_bad_specs(T: int, spec) -> None:
     with pytest.raises(ValueError):
         reward_steps(T, spec)
@@ -89,19 +106,22 @@ def test_fill_is_constant_on_segments(T: int, data) -> None:
         torch.testing.assert_close(R[..., j], R_eval[..., S.index(m)], rtol=0, atol=0)
     lo = 0
     for i, m in enumerate(S):  # constant on each segment (S[i-1], S[i]]
-        seg = R[..., lo:m + 1]
+        seg = R[..., lo : m + 1]
         assert bool((seg == R_eval[..., i : i + 1]).all())
         lo = m + 1
 
 
-@pytest.mark.parametrize(("R_eval", "S", "T"), [
-    (torch.zeros(2, 3), [1, 5, 9], 8),  # S does not end at T-1
-    (torch.zeros(2, 2), [1, 5, 9], 10),  # wrong |S|
-    (torch.zeros(2, 3), [5, 1, 9], 10),  # not sorted
-    (torch.zeros(2, 3), [1, 1, 9], 10),  # duplicate
-    (torch.zeros(2, 0), [], 10),
-    (torch.zeros(()), [0], 1),
-])
+@pytest.mark.parametrize(
+    ("R_eval", "S", "T"),
+    [
+        (torch.zeros(2, 3), [1, 5, 9], 8),  # S does not end at T-1
+        (torch.zeros(2, 2), [1, 5, 9], 10),  # wrong |S|
+        (torch.zeros(2, 3), [5, 1, 9], 10),  # not sorted
+        (torch.zeros(2, 3), [1, 1, 9], 10),  # duplicate
+        (torch.zeros(2, 0), [], 10),
+        (torch.zeros(()), [0], 1),
+    ],
+)
 def test_fill_rejects_bad_inputs(R_eval, S, T) -> None:
     with pytest.raises(ValueError):
         fill_sparse_rewards(R_eval, S, T)

@@ -16,8 +16,9 @@ from vgpo_fast.tasks.registry import get_task
 @pytest.mark.parametrize("task_name", ["shapes", "text"])
 def test_a_few_pretraining_steps_lower_the_loss(task_name: str) -> None:
     task = get_task(task_name)
-    cfg = PretrainConfig(task=task_name, steps=24, batch_size=16, warmup=4, lr=1e-3, log_every=4, eval_prompts=0,
-                         bf16=False)
+    cfg = PretrainConfig(
+        task=task_name, steps=24, batch_size=16, warmup=4, lr=1e-3, log_every=4, eval_prompts=0, bf16=False
+    )
     torch.set_num_threads(1)
     pipe = build_models(task, seed=0)
     curve = train_steps(pipe, task, cfg, log=lambda *_: None)
@@ -45,8 +46,9 @@ def test_caption_noise_redraws_only_the_noisy_images() -> None:
 
     task = get_task("shapes")
     clean = _batch(task, PretrainConfig(batch_size=256, prompt_dropout=0.0), np.random.default_rng(5))
-    noisy = _batch(task, PretrainConfig(batch_size=256, prompt_dropout=0.0, caption_noise=0.4),
-                   np.random.default_rng(5))
+    noisy = _batch(
+        task, PretrainConfig(batch_size=256, prompt_dropout=0.0, caption_noise=0.4), np.random.default_rng(5)
+    )
     assert clean[0] == noisy[0]
     changed = (clean[1] != noisy[1]).flatten(1).any(dim=1).float().mean().item()
     assert 0.25 < changed < 0.5, changed
@@ -104,17 +106,37 @@ def test_pretrain_init_continues_from_a_model_directory(tmp_path) -> None:
     from vgpo_fast.tasks.pretrain import pretrain
 
     task = get_task("shapes")
-    first = pretrain(PretrainConfig(steps=6, batch_size=8, warmup=1, lr=1e-3, log_every=1, eval_prompts=0, bf16=False),
-                     out=tmp_path / "a", log=lambda *_: None)
-    second = pretrain(PretrainConfig(steps=2, batch_size=8, warmup=1, lr=1e-5, log_every=1, eval_prompts=0, bf16=False,
-                                     seed=1, init=str(tmp_path / "a")), out=tmp_path / "b", log=lambda *_: None)
-    fresh = pretrain(PretrainConfig(steps=2, batch_size=8, warmup=1, lr=1e-5, log_every=1, eval_prompts=0, bf16=False,
-                                    seed=1), out=tmp_path / "c", log=lambda *_: None)
+    first = pretrain(
+        PretrainConfig(steps=6, batch_size=8, warmup=1, lr=1e-3, log_every=1, eval_prompts=0, bf16=False),
+        out=tmp_path / "a",
+        log=lambda *_: None,
+    )
+    second = pretrain(
+        PretrainConfig(
+            steps=2,
+            batch_size=8,
+            warmup=1,
+            lr=1e-5,
+            log_every=1,
+            eval_prompts=0,
+            bf16=False,
+            seed=1,
+            init=str(tmp_path / "a"),
+        ),
+        out=tmp_path / "b",
+        log=lambda *_: None,
+    )
+    fresh = pretrain(
+        PretrainConfig(steps=2, batch_size=8, warmup=1, lr=1e-5, log_every=1, eval_prompts=0, bf16=False, seed=1),
+        out=tmp_path / "c",
+        log=lambda *_: None,
+    )
     # Same batches (seed 1), tiny lr: the continued model starts where the first one ended, far below a fresh one.
     assert second["loss_curve"][0]["loss"] < 0.9 * fresh["loss_curve"][0]["loss"]
     assert second["init_meta"]["config"]["steps"] == 6 and "loss_curve" not in second["init_meta"]
     assert first["loss_curve"][-1]["loss"] < first["loss_curve"][0]["loss"]
     with pytest.raises(ValueError, match="not 'text'"):
-        pretrain(PretrainConfig(task="text", steps=1, init=str(tmp_path / "a")), out=tmp_path / "d",
-                 log=lambda *_: None)
+        pretrain(
+            PretrainConfig(task="text", steps=1, init=str(tmp_path / "a")), out=tmp_path / "d", log=lambda *_: None
+        )
     assert task.name == "shapes"

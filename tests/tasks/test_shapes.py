@@ -41,8 +41,14 @@ from vgpo_fast.tasks.shapes.scene import (
     sample_scene,
 )
 
-EXPECTED_COUNTS = {"single_object": 18, "two_object": 18, "counting": 54, "colors": 45, "position": 1224,
-                   "color_attr": 90}
+EXPECTED_COUNTS = {
+    "single_object": 18,
+    "two_object": 18,
+    "counting": 54,
+    "colors": 45,
+    "position": 1224,
+    "color_attr": 90,
+}
 
 
 def _one_prompt_per_category(k: int = 8) -> list[str]:
@@ -51,6 +57,7 @@ def _one_prompt_per_category(k: int = 8) -> list[str]:
 
 
 # ---- prompts -------------------------------------------------------------------------------------------
+
 
 def test_category_sizes_and_no_duplicates():
     prompts = all_prompts()
@@ -72,14 +79,27 @@ def test_parse_examples():
     req = parse_prompt("  A Blue  square left of a yellow triangle ")
     assert req == Requirements((ObjectSpec("blue", "square"), ObjectSpec("yellow", "triangle")), "left of")
     assert canonical_key(parse_prompt("a blue square left of a red circle")) == canonical_key(
-        parse_prompt("a red circle right of a blue square"))
+        parse_prompt("a red circle right of a blue square")
+    )
     assert canonical_key(parse_prompt("a red circle and a blue square")) == canonical_key(
-        parse_prompt("a blue square and a red circle"))
+        parse_prompt("a blue square and a red circle")
+    )
 
 
-@pytest.mark.parametrize("bad", ["a purple circle", "a red hexagon", "two red circle", "a red circles",
-                                 "a red circle left of two blue squares", "a red circle left of a red circle",
-                                 "one red circle", "", "six red circles and a blue square"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "a purple circle",
+        "a red hexagon",
+        "two red circle",
+        "a red circles",
+        "a red circle left of two blue squares",
+        "a red circle left of a red circle",
+        "one red circle",
+        "",
+        "six red circles and a blue square",
+    ],
+)
 def test_parse_rejects_with_the_prompt_named(bad):
     with pytest.raises(ValueError, match="prompt"):
         parse_prompt(bad)
@@ -114,6 +134,7 @@ def test_sample_prompts_uniform_over_categories():
 
 
 # ---- scenes and rendering ------------------------------------------------------------------------------
+
 
 def test_size_range_and_gap():
     assert object_size_range(24) == (7, 9)
@@ -157,9 +178,13 @@ def test_layouts_valid(size):
         lo, hi = object_size_range(size)
         for j, a in enumerate(scene.objects):
             assert lo <= a.size <= hi or len(scene.objects) >= 4  # crowded scenes may shrink below lo
-            for b in scene.objects[j + 1:]:  # at least 1 px between boxes (object_gap unless crowded)
-                assert (a.x + a.size + 1 <= b.x or b.x + b.size + 1 <= a.x
-                        or a.y + a.size + 1 <= b.y or b.y + b.size + 1 <= a.y)
+            for b in scene.objects[j + 1 :]:  # at least 1 px between boxes (object_gap unless crowded)
+                assert (
+                    a.x + a.size + 1 <= b.x
+                    or b.x + b.size + 1 <= a.x
+                    or a.y + a.size + 1 <= b.y
+                    or b.y + b.size + 1 <= a.y
+                )
         if req.relation is not None:
             a, b = scene.objects
             assert relation_holds(req.relation, a.center, b.center, size)
@@ -196,7 +221,11 @@ def test_near_misses_change_the_scene_set():
             miss = near_miss(req, kind, i)
             assert canonical_key(miss) != canonical_key(req), (prompt, kind)
     assert set(near_miss_kinds(parse_prompt("a red circle left of a blue square"))) == {
-        "color", "shape", "side", "swap_colors"}
+        "color",
+        "shape",
+        "side",
+        "swap_colors",
+    }
     assert "swap_colors" not in near_miss_kinds(parse_prompt("a red circle and a blue circle"))
     with pytest.raises(ValueError, match="kind"):
         near_miss(parse_prompt("a red circle"), "side")

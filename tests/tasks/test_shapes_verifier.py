@@ -109,13 +109,14 @@ def test_blank_and_unrelated_images_score_zero():
 def test_mild_noise_keeps_the_verdict(size):
     images, prompts = _ground_truth(size, 200, seed=3)
     rng = np.random.default_rng(0)
-    misses = np.stack([render(sample_scene(near_miss(parse_prompt(p), "shape", i), size, i))
-                       for i, p in enumerate(prompts[:100])])
+    misses = np.stack(
+        [render(sample_scene(near_miss(parse_prompt(p), "shape", i), size, i)) for i, p in enumerate(prompts[:100])]
+    )
     for batch, expected in ((images, 1.0), (misses, 0.0)):
         noisy = np.clip(batch.astype(np.int16) + rng.integers(-10, 11, batch.shape), 0, 255).astype(np.uint8)
-        clean_scores = PARTIAL.score(batch, prompts[:len(batch)])
-        assert (STRICT.score(noisy, prompts[:len(batch)]) == expected).all()
-        assert torch.equal(PARTIAL.score(noisy, prompts[:len(batch)]), clean_scores)
+        clean_scores = PARTIAL.score(batch, prompts[: len(batch)])
+        assert (STRICT.score(noisy, prompts[: len(batch)]) == expected).all()
+        assert torch.equal(PARTIAL.score(noisy, prompts[: len(batch)]), clean_scores)
 
 
 def test_small_specks_are_noise_and_lopsided_blobs_are_not_shapes():
@@ -143,8 +144,7 @@ def _bfs_partition(classes: np.ndarray) -> set[frozenset[tuple[int, int]]]:
                 y, x = queue.popleft()
                 comp.append((y, x))
                 for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
-                    if (0 <= ny < h and 0 <= nx < w and not seen[ny, nx]
-                            and classes[ny, nx] == classes[y, x]):
+                    if 0 <= ny < h and 0 <= nx < w and not seen[ny, nx] and classes[ny, nx] == classes[y, x]:
                         seen[ny, nx] = True
                         queue.append((ny, nx))
             parts.add(frozenset(comp))
@@ -197,11 +197,17 @@ def test_soft_scores_ground_truth_1_near_misses_below_1_and_never_below_partial(
     assert (SOFT.score(small, small_prompts) == 1).all()
     images, prompts = _ground_truth(24, 200, seed=5)
     assert (SOFT.score(images, prompts) == 1).all()
-    misses = np.stack([render(sample_scene(near_miss(parse_prompt(p), kind, i), 24, i))
-                       for i, p in enumerate(prompts[:120]) for kind in ("color", "shape", "side")
-                       if kind in near_miss_kinds(parse_prompt(p))])
-    miss_prompts = [p for p in prompts[:120] for kind in ("color", "shape", "side")
-                    if kind in near_miss_kinds(parse_prompt(p))]
+    misses = np.stack(
+        [
+            render(sample_scene(near_miss(parse_prompt(p), kind, i), 24, i))
+            for i, p in enumerate(prompts[:120])
+            for kind in ("color", "shape", "side")
+            if kind in near_miss_kinds(parse_prompt(p))
+        ]
+    )
+    miss_prompts = [
+        p for p in prompts[:120] for kind in ("color", "shape", "side") if kind in near_miss_kinds(parse_prompt(p))
+    ]
     soft, partial = SOFT.score(misses, miss_prompts), PARTIAL.score(misses, miss_prompts)
     assert (soft < 1).all() and (soft >= partial - 1e-12).all()
     # Ragged versions of the near misses and ground truth (pixels flipped to background) stay >= partial.

@@ -44,38 +44,66 @@ def test_importing_the_task_registry_registers_the_task_rewards() -> None:
 
 
 def test_a_process_without_the_task_registry_builds_the_resolved_spec() -> None:
-    code = ("import sys\n"
-            "from vgpo_fast.rewards.registry import build_reward\n"
-            "try:\n"
-            "    build_reward('shapes')\n"
-            "except ValueError as exc:\n"
-            "    print('error:', exc)\n"
-            "print(build_reward(sys.argv[1]).name)\n"
-            "print(sorted(m for m in sys.modules if m.startswith('vgpo_fast.tasks.registry')))\n")
-    out = subprocess.run([sys.executable, "-c", code, resolve_spec("shapes?mode=soft")], capture_output=True,
-                         text=True, timeout=120, cwd=REPO)
+    code = (
+        "import sys\n"
+        "from vgpo_fast.rewards.registry import build_reward\n"
+        "try:\n"
+        "    build_reward('shapes')\n"
+        "except ValueError as exc:\n"
+        "    print('error:', exc)\n"
+        "print(build_reward(sys.argv[1]).name)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('vgpo_fast.tasks.registry')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, resolve_spec("shapes?mode=soft")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     assert lines[0].startswith("error: unknown reward 'shapes': known names are clipscore, ocr, pickscore")
     assert lines[1:] == ["compositional_soft", "[]"]
 
 
-SETUP_MAIN = ("import importlib, sys\n"
-              "from vgpo_fast.rewards.server import main\n"
-              "sys.exit(main(sys.argv[1:], setup=lambda: importlib.import_module('vgpo_fast.tasks.registry')))\n")
+SETUP_MAIN = (
+    "import importlib, sys\n"
+    "from vgpo_fast.rewards.server import main\n"
+    "sys.exit(main(sys.argv[1:], setup=lambda: importlib.import_module('vgpo_fast.tasks.registry')))\n"
+)
 
 
-@pytest.mark.parametrize("entry", [["-m", "vgpo_fast.cli", "reward-server"], ["-c", SETUP_MAIN]],
-                         ids=["vgpo-fast reward-server", "server.main(setup=...)"])
+@pytest.mark.parametrize(
+    "entry",
+    [["-m", "vgpo_fast.cli", "reward-server"], ["-c", SETUP_MAIN]],
+    ids=["vgpo-fast reward-server", "server.main(setup=...)"],
+)
 def test_the_reward_server_entries_serve_a_task_reward_by_name(tmp_path: Path, entry: list[str]) -> None:
     port_file = tmp_path / "port"
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
     env.pop(TOKEN_ENV, None)
     with open(tmp_path / "server.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, *entry, "--reward", "shapes?mode=partial", "--host", "127.0.0.1",
-                                 "--port", "0", "--port-file", str(port_file)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                *entry,
+                "--reward",
+                "shapes?mode=partial",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--port-file",
+                str(port_file),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
     try:
         deadline = time.monotonic() + 60
         while not port_file.exists():

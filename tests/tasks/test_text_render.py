@@ -67,7 +67,7 @@ def test_every_word_fits_inside_the_margins(size):
     ink = (batch < 128).any(axis=-1)  # [B, H, W]
     cols = ink.any(axis=1)
     assert cols.any(axis=1).all(), "a word rendered blank"
-    assert not cols[:, : margin - 1].any() and not cols[:, width - margin + 1:].any()
+    assert not cols[:, : margin - 1].any() and not cols[:, width - margin + 1 :].any()
     rows = ink.any(axis=2)
     assert not rows[:, 0].any() and not rows[:, -1].any()  # nothing touches the top or bottom edge
 
@@ -91,11 +91,11 @@ def test_cell_layout_puts_character_i_in_cell_i_at_one_font_size():
         image = render_text(word, size=(16, 64), cells=8)
         assert image.shape == (16, 64, 3)
         ink = (image < 128).any(axis=(0, 2))
-        assert not ink[8 * len(word) + 1:].any(), word  # nothing right of the last character's cell
+        assert not ink[8 * len(word) + 1 :].any(), word  # nothing right of the last character's cell
     # A narrow letter in every cell: eight separate ink runs, each centred on its cell.
     ink = (render_text("llllllll", size=(16, 64), cells=8) < 128).any(axis=(0, 2))
     for i in range(8):
-        cols = np.flatnonzero(ink[8 * i: 8 * i + 8]) + 8 * i
+        cols = np.flatnonzero(ink[8 * i : 8 * i + 8]) + 8 * i
         assert cols.size and abs((cols.min() + cols.max()) / 2 - (8 * i + 3.5)) <= 1.0, (i, cols)
     a_alone = render_text("a", size=(16, 64), cells=8)[:, 0:8]
     np.testing.assert_array_equal(render_text("apple", size=(16, 64), cells=8)[:, 0:8], a_alone)
@@ -107,15 +107,18 @@ def test_cell_layout_puts_character_i_in_cell_i_at_one_font_size():
         render_text("cat", cells=0)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"text": ""}, "non-empty single-line"),
-    ({"text": "two\nlines"}, "non-empty single-line"),
-    ({"text": "cat", "size": (4, 128)}, "size must be"),
-    ({"text": "cat", "fg": (0, 0, 256)}, "fg must be an RGB triple"),
-    ({"text": "cat", "bg": (0, 0)}, "bg must be an RGB triple"),
-    ({"text": "cat", "font_frac": 2.0}, "font_frac"),
-    ({"text": "cat", "margin_frac": 0.5}, "margin_frac"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"text": ""}, "non-empty single-line"),
+        ({"text": "two\nlines"}, "non-empty single-line"),
+        ({"text": "cat", "size": (4, 128)}, "size must be"),
+        ({"text": "cat", "fg": (0, 0, 256)}, "fg must be an RGB triple"),
+        ({"text": "cat", "bg": (0, 0)}, "bg must be an RGB triple"),
+        ({"text": "cat", "font_frac": 2.0}, "font_frac"),
+        ({"text": "cat", "margin_frac": 0.5}, "margin_frac"),
+    ],
+)
 def test_bad_render_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         render_text(**kwargs)

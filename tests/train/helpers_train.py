@@ -33,8 +33,9 @@ def tiny_pipeline(seed: int = 0) -> FlowPipeline:
     """A small random shapes-task pipeline (16x16, width 32, 1 layer): seconds per iteration on a CPU."""
     task = get_task("shapes")
     torch.manual_seed(seed)
-    transformer = build_transformer(tiny_transformer_config(16, patch_size=4, width=32, layers=1, heads=1,
-                                                            text_dim=32, pooled_dim=32))
+    transformer = build_transformer(
+        tiny_transformer_config(16, patch_size=4, width=32, layers=1, heads=1, text_dim=32, pooled_dim=32)
+    )
     encoder = TextEncoder(TextEncoderConfig(vocab=task.vocab, text_dim=32, pooled_dim=32, layers=1, heads=1))
     with torch.no_grad():  # a random non-zero output layer, so samples differ across noises and prompts
         for p in transformer.proj_out.parameters():
@@ -48,9 +49,22 @@ def save_tiny_model(path: Path, seed: int = 0) -> Path:
 
 
 TINY_OVERRIDES = [
-    "rollout.prompts_per_iter=2", "rollout.group_size=4", "rollout.steps=4", "train.minibatch_size=4",
-    "train.grad_accum=1", "run.eval_prompts=4", "run.eval_seeds=1", "run.eval_steps=4", "run.progress=false",
-    "reward.reward=helpers_train:Redness", "optim.lr=1e-3", "algorithm.clip_range=0.2", "run.threads=1",
-    "model.lora=true", "rollout.sde_window=null", "rollout.chunk_size=null", "train.steps_per_iter=null",
+    "rollout.prompts_per_iter=2",
+    "rollout.group_size=4",
+    "rollout.steps=4",
+    "train.minibatch_size=4",
+    "train.grad_accum=1",
+    "run.eval_prompts=4",
+    "run.eval_seeds=1",
+    "run.eval_steps=4",
+    "run.progress=false",
+    "reward.reward=helpers_train:Redness",
+    "optim.lr=1e-3",
+    "algorithm.clip_range=0.2",
+    "run.threads=1",
+    "model.lora=true",
+    "rollout.sde_window=null",
+    "rollout.chunk_size=null",
+    "train.steps_per_iter=null",
     "reward.worker=thread",
 ]

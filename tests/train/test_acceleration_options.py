@@ -15,8 +15,11 @@ from vgpo_fast.train.update import UpdateStats
 
 
 def trainer(*overrides: str) -> Trainer:
-    return Trainer(load(None, [*TINY_OVERRIDES, "train.mixed_precision=no", *overrides]), pipeline=tiny_pipeline(),
-                   log=lambda *_: None)
+    return Trainer(
+        load(None, [*TINY_OVERRIDES, "train.mixed_precision=no", *overrides]),
+        pipeline=tiny_pipeline(),
+        log=lambda *_: None,
+    )
 
 
 def rollout_and_record(*overrides: str) -> tuple[torch.Tensor, UpdateStats]:

@@ -26,8 +26,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny_save(run_dir: Path, step: int, **kw) -> Path:
-    args = {"trainable": {"w": torch.full((3,), float(step))}, "optimizer_state": {"state": {}, "param_groups": []},
-            "config": {"step_was": step}}
+    args = {
+        "trainable": {"w": torch.full((3,), float(step))},
+        "optimizer_state": {"state": {}, "param_groups": []},
+        "config": {"step_was": step},
+    }
     args.update(kw)
     return save_checkpoint(run_dir, step, **args)
 
@@ -37,17 +40,31 @@ def steps_on_disk(run_dir: Path) -> list[str]:
 
 
 def test_round_trip_bit_exact(tmp_path: Path) -> None:
-    trainable = {"a.weight": torch.randn(4, 5), "b.bias": torch.randn(7, dtype=torch.float64),
-                 "c": torch.randn(3, 2).to(torch.bfloat16), "d": torch.arange(6).reshape(2, 3).t()}
+    trainable = {
+        "a.weight": torch.randn(4, 5),
+        "b.bias": torch.randn(7, dtype=torch.float64),
+        "c": torch.randn(3, 2).to(torch.bfloat16),
+        "d": torch.arange(6).reshape(2, 3).t(),
+    }
     extra = {"ema.a.weight": torch.randn(4, 5)}
     config = {"model": {"rank": 8}, "optim": {"lr": 3e-4, "betas": [0.9, 0.999]}}
-    path = save_checkpoint(tmp_path, 12, trainable=trainable, optimizer_state={"state": {}, "param_groups": []},
-                           config=config, user={"reward_mean": 0.25, "tag": "x"}, extra_tensors=extra)
+    path = save_checkpoint(
+        tmp_path,
+        12,
+        trainable=trainable,
+        optimizer_state={"state": {}, "param_groups": []},
+        config=config,
+        user={"reward_mean": 0.25, "tag": "x"},
+        extra_tensors=extra,
+    )
     assert path == tmp_path / "checkpoints" / "step_000012"
     assert sorted(os.listdir(path)) == ["extra.safetensors", "optimizer.pt", "state.json", "trainable.safetensors"]
     state = json.loads((path / "state.json").read_text())
-    assert state["format"] == 1 and state["step"] == 12 and set(state["files"]) == {
-        "trainable.safetensors", "optimizer.pt", "extra.safetensors"}
+    assert (
+        state["format"] == 1
+        and state["step"] == 12
+        and set(state["files"]) == {"trainable.safetensors", "optimizer.pt", "extra.safetensors"}
+    )
     ckpt = load_checkpoint(path)
     assert ckpt.step == 12 and ckpt.config == config and ckpt.user == {"reward_mean": 0.25, "tag": "x"}
     assert ckpt.trainable.keys() == trainable.keys()
@@ -75,8 +92,13 @@ def test_adamw_resume_is_bit_identical(tmp_path: Path) -> None:
     model, opt = make_model()
     for i in range(2):
         adam_step(model, opt, i)
-    path = save_checkpoint(tmp_path, 2, trainable={k: v.detach().clone() for k, v in model.state_dict().items()},
-                           optimizer_state=opt.state_dict(), config={})
+    path = save_checkpoint(
+        tmp_path,
+        2,
+        trainable={k: v.detach().clone() for k, v in model.state_dict().items()},
+        optimizer_state=opt.state_dict(),
+        config={},
+    )
     for i in range(2, 4):
         adam_step(model, opt, i)
     reference = {k: v.clone() for k, v in model.state_dict().items()}
@@ -93,9 +115,16 @@ def test_adamw_resume_is_bit_identical(tmp_path: Path) -> None:
 
 
 def draw(tg: torch.Generator, ng: np.random.Generator) -> tuple:
-    return (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), np.random.randn(),
-            torch.rand(4).tolist(), torch.randn(2, generator=tg).tolist(), ng.standard_normal(3).tolist(),
-            ng.integers(0, 1 << 60))
+    return (
+        random.random(),
+        random.gauss(0, 1),
+        np.random.rand(3).tolist(),
+        np.random.randn(),
+        torch.rand(4).tolist(),
+        torch.randn(2, generator=tg).tolist(),
+        ng.standard_normal(3).tolist(),
+        ng.integers(0, 1 << 60),
+    )
 
 
 def test_rng_streams_continue(tmp_path: Path) -> None:
@@ -186,9 +215,14 @@ def test_bad_arguments_touch_nothing(tmp_path: Path) -> None:
 
 @pytest.fixture
 def saved(tmp_path: Path) -> Path:
-    return save_checkpoint(tmp_path, 3, trainable={"w": torch.randn(64, 64)},
-                           optimizer_state={"state": {0: {"exp_avg": torch.randn(64)}}, "param_groups": []},
-                           config={"a": 1}, extra_tensors={"ema": torch.randn(8)})
+    return save_checkpoint(
+        tmp_path,
+        3,
+        trainable={"w": torch.randn(64, 64)},
+        optimizer_state={"state": {0: {"exp_avg": torch.randn(64)}}, "param_groups": []},
+        config={"a": 1},
+        extra_tensors={"ema": torch.randn(8)},
+    )
 
 
 def test_truncated_file(saved: Path) -> None:
@@ -264,8 +298,13 @@ def test_sigkill_mid_write_keeps_previous_checkpoint(tmp_path: Path) -> None:
     first = tiny_save(tmp_path, 1, trainable={"w": torch.arange(5.0)})
     root = tmp_path / "checkpoints"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not any(p.name.startswith(".tmp-step_") for p in root.iterdir()):

@@ -237,10 +237,14 @@ def test_parse_override_bad_yaml() -> None:
 
 def test_apply_overrides_nested_and_copy() -> None:
     data = {"rollout": {"steps": 4}, "reward": None}
-    out = apply_overrides(data, ["rollout.steps=8", "rollout.guidance_scale=1e-1", "model.lora=false",
-                                 "reward.reward.name=ocr"])
-    assert out == {"rollout": {"steps": 8, "guidance_scale": 0.1}, "model": {"lora": False},
-                   "reward": {"reward": {"name": "ocr"}}}
+    out = apply_overrides(
+        data, ["rollout.steps=8", "rollout.guidance_scale=1e-1", "model.lora=false", "reward.reward.name=ocr"]
+    )
+    assert out == {
+        "rollout": {"steps": 8, "guidance_scale": 0.1},
+        "model": {"lora": False},
+        "reward": {"reward": {"name": "ocr"}},
+    }
     assert data == {"rollout": {"steps": 4}, "reward": None}
     with pytest.raises(ConfigError, match="'rollout.steps' holds 8 \\(int\\), not a mapping"):
         apply_overrides(out, ["rollout.steps.x=1"])
@@ -254,17 +258,33 @@ def test_apply_overrides_checks_keys_against_class() -> None:
         apply_overrides({}, ["seed.x=3"], Train)
     # Keys under dict-typed fields and optional sections are free / checked as appropriate.
     assert apply_overrides({}, ["reward.weights.anything=1", "extra.rank=3"], Train) == {
-        "reward": {"weights": {"anything": 1}}, "extra": {"rank": 3}}
+        "reward": {"weights": {"anything": 1}},
+        "extra": {"rank": 3},
+    }
     with pytest.raises(ConfigError, match=r"'extra.rnk' \(did you mean 'extra.rank'\?\)"):
         apply_overrides({}, ["extra.rnk=3"], Train)
 
 
 def test_load_config_overrides_of_every_kind() -> None:
-    cfg = load_config(Train, None, [
-        "rollout.steps=16", "rollout.guidance_scale=7", "algo.lr=1e-4", "model.lora=false", "model.path=null",
-        "algo.name=flow_grpo", "rollout.window=[2,6]", "rollout.sizes=[256]", "reward.steps=all",
-        "reward.reward={name: ocr}", "extra.rank=2", "seed=3", "out=/tmp/run",
-    ])
+    cfg = load_config(
+        Train,
+        None,
+        [
+            "rollout.steps=16",
+            "rollout.guidance_scale=7",
+            "algo.lr=1e-4",
+            "model.lora=false",
+            "model.path=null",
+            "algo.name=flow_grpo",
+            "rollout.window=[2,6]",
+            "rollout.sizes=[256]",
+            "reward.steps=all",
+            "reward.reward={name: ocr}",
+            "extra.rank=2",
+            "seed=3",
+            "out=/tmp/run",
+        ],
+    )
     assert cfg.rollout == Rollout(steps=16, guidance_scale=7.0, window=(2, 6), sizes=[256])
     assert cfg.algo == Algo(name="flow_grpo", lr=1e-4)
     assert cfg.model == Model(lora=False) and cfg.extra == Model(rank=2) and cfg.seed == 3
@@ -273,8 +293,18 @@ def test_load_config_overrides_of_every_kind() -> None:
 
 def test_cli_values_are_coerced_but_yaml_values_are_not(tmp_path: Path) -> None:
     # The shell has no types: a numeric-looking name is still a name, `no` is a Literal value, "yes" a bool.
-    cfg = load_config(Train, None, ["model.name=0123", "model.path=42", "algo.mode=no", "model.lora=yes",
-                                    "rollout.steps='5'", "rollout.sizes=['8', 9]"])
+    cfg = load_config(
+        Train,
+        None,
+        [
+            "model.name=0123",
+            "model.path=42",
+            "algo.mode=no",
+            "model.lora=yes",
+            "rollout.steps='5'",
+            "rollout.sizes=['8', 9]",
+        ],
+    )
     assert cfg.model.name == "0123" and cfg.model.path == "42" and cfg.algo.mode == "no" and cfg.model.lora
     assert cfg.rollout.steps == 5 and cfg.rollout.sizes == [8, 9]
     f = tmp_path / "c.yaml"

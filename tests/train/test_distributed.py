@@ -25,20 +25,42 @@ REPO = HERE.parents[1]
 ITERATIONS = 4
 VOLATILE = ("timings", "reward_worker", "overlap_frac")
 # Float32 throughout: the two runs differ only in how the update's minibatches are batched and summed.
-OVERRIDES = [*TINY_OVERRIDES, "train.mixed_precision=no", "run.eval_every=0", "run.report=false",
-             "run.checkpoint_every=1", "run.dist_timeout_s=60"]
+OVERRIDES = [
+    *TINY_OVERRIDES,
+    "train.mixed_precision=no",
+    "run.eval_every=0",
+    "run.report=false",
+    "run.checkpoint_every=1",
+    "run.dist_timeout_s=60",
+]
 
 
 def env() -> dict[str, str]:
-    return dict(os.environ, OMP_NUM_THREADS="1",
-                PYTHONPATH=os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")]),
+    )
 
 
 def train_cmd(nproc: int, model_dir: Path, out: Path, name: str, *extra: str) -> list[str]:
-    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                    f"--nproc-per-node={nproc}"]
-    return [*launcher, "-m", "vgpo_fast.cli", "train", f"model.path={model_dir}", f"run.output_dir={out}",
-            f"run.name={name}", *OVERRIDES, f"train.iterations={ITERATIONS}", *extra]
+    launcher = (
+        [sys.executable]
+        if nproc == 1
+        else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    )
+    return [
+        *launcher,
+        "-m",
+        "vgpo_fast.cli",
+        "train",
+        f"model.path={model_dir}",
+        f"run.output_dir={out}",
+        f"run.name={name}",
+        *OVERRIDES,
+        f"train.iterations={ITERATIONS}",
+        *extra,
+    ]
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -118,8 +140,7 @@ def _rank_pid(launcher: subprocess.Popen, rank: int) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds torchrun's workers through /proc")
-def test_killed_rank_stops_the_job_and_resume_on_one_then_two_processes_loses_nothing(
-        runs: tuple[Path, Path]) -> None:
+def test_killed_rank_stops_the_job_and_resume_on_one_then_two_processes_loses_nothing(runs: tuple[Path, Path]) -> None:
     model_dir, root = runs
     cmd = train_cmd(2, model_dir, root, "killed")
     with open(root / "killed.log", "wb") as log:

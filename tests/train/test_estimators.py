@@ -27,14 +27,22 @@ def _sign_advantages(rewards: torch.Tensor, alg) -> AdvantageResult:
     P, G, T = rewards.shape
     r = rewards[..., -1]
     adv = torch.sign(r - r.median(dim=1, keepdim=True).values)
-    return AdvantageResult(adv.unsqueeze(-1).expand(P, G, T).contiguous(), rewards.clone(), torch.ones_like(rewards),
-                           r.std(dim=1, correction=0).unsqueeze(-1).expand(P, T).contiguous(), 0.0)
+    return AdvantageResult(
+        adv.unsqueeze(-1).expand(P, G, T).contiguous(),
+        rewards.clone(),
+        torch.ones_like(rewards),
+        r.std(dim=1, correction=0).unsqueeze(-1).expand(P, T).contiguous(),
+        0.0,
+    )
 
 
 @pytest.fixture
 def toy_estimator():
-    est = register_estimator(Estimator("toy_sign", "sign of the reward minus the group median", dense=False,
-                                       options=(), compute=_sign_advantages))
+    est = register_estimator(
+        Estimator(
+            "toy_sign", "sign of the reward minus the group median", dense=False, options=(), compute=_sign_advantages
+        )
+    )
     try:
         yield est
     finally:

@@ -14,8 +14,14 @@ from vgpo_fast.train.metrics import MetricsWriter, flatten_scalars, read_metrics
 
 
 def record(i: int, T: int = 10) -> dict:
-    return {"iteration": i, "reward_mean": 0.1 * i, "loss": -0.01 * i, "algorithm": "vgpo",
-            "instant_reward": [0.01 * (i + j) for j in range(T)], "timings": {"transformer": 1.5, "total": 2.0}}
+    return {
+        "iteration": i,
+        "reward_mean": 0.1 * i,
+        "loss": -0.01 * i,
+        "algorithm": "vgpo",
+        "instant_reward": [0.01 * (i + j) for j in range(T)],
+        "timings": {"transformer": 1.5, "total": 2.0},
+    }
 
 
 def write_n(path, n: int) -> None:
@@ -35,22 +41,44 @@ def test_round_trip(tmp_path):
 def test_non_finite_written_as_null(tmp_path):
     path = tmp_path / "metrics.jsonl"
     with MetricsWriter(path) as w:
-        w.write({"iteration": 0, "loss": float("nan"), "kl": float("inf"), "instant_reward": [1.0, float("-inf")],
-                 "timings": {"train": float("nan"), "total": 3.0}})
+        w.write(
+            {
+                "iteration": 0,
+                "loss": float("nan"),
+                "kl": float("inf"),
+                "instant_reward": [1.0, float("-inf")],
+                "timings": {"train": float("nan"), "total": 3.0},
+            }
+        )
     text = path.read_text()
     assert "NaN" not in text and "Infinity" not in text
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
-    assert read_metrics(path) == [{"iteration": 0, "loss": None, "kl": None, "instant_reward": [1.0, None],
-                                   "timings": {"train": None, "total": 3.0}}]
+    assert read_metrics(path) == [
+        {
+            "iteration": 0,
+            "loss": None,
+            "kl": None,
+            "instant_reward": [1.0, None],
+            "timings": {"train": None, "total": 3.0},
+        }
+    ]
 
 
 def test_tensor_and_numpy_values(tmp_path):
     path = tmp_path / "metrics.jsonl"
     with MetricsWriter(path) as w:
-        w.write({"iteration": np.int64(3), "loss": torch.tensor(0.5), "instant_reward": torch.tensor([0.25, 0.5]),
-                 "grad_norm": np.float32(2.0), "ok": True})
-    assert read_metrics(path) == [{"iteration": 3, "loss": 0.5, "instant_reward": [0.25, 0.5], "grad_norm": 2.0,
-                                   "ok": True}]
+        w.write(
+            {
+                "iteration": np.int64(3),
+                "loss": torch.tensor(0.5),
+                "instant_reward": torch.tensor([0.25, 0.5]),
+                "grad_norm": np.float32(2.0),
+                "ok": True,
+            }
+        )
+    assert read_metrics(path) == [
+        {"iteration": 3, "loss": 0.5, "instant_reward": [0.25, 0.5], "grad_norm": 2.0, "ok": True}
+    ]
 
 
 @pytest.mark.parametrize("bad", [{}, {"iteration": 1.0}, {"iteration": True}, {"iteration": "3"}])
@@ -158,10 +186,25 @@ def test_blank_lines_are_skipped(tmp_path):
 
 
 def test_flatten_scalars():
-    rec = {"iteration": 4, "loss": 0.5, "algorithm": "vgpo", "kl": None, "n": 3, "flag": True,
-           "instant_reward": [0.1, None, 0.3], "timings": {"train": 1.5, "sub": {"a": 2}}}
-    assert flatten_scalars(rec) == {"loss": 0.5, "n": 3.0, "flag": 1.0, "instant_reward/step_0": 0.1,
-                                    "instant_reward/step_2": 0.3, "timings/train": 1.5, "timings/sub/a": 2.0}
+    rec = {
+        "iteration": 4,
+        "loss": 0.5,
+        "algorithm": "vgpo",
+        "kl": None,
+        "n": 3,
+        "flag": True,
+        "instant_reward": [0.1, None, 0.3],
+        "timings": {"train": 1.5, "sub": {"a": 2}},
+    }
+    assert flatten_scalars(rec) == {
+        "loss": 0.5,
+        "n": 3.0,
+        "flag": 1.0,
+        "instant_reward/step_0": 0.1,
+        "instant_reward/step_2": 0.3,
+        "timings/train": 1.5,
+        "timings/sub/a": 2.0,
+    }
 
 
 def test_tensorboard_missing_is_skipped(tmp_path, monkeypatch):
@@ -193,8 +236,12 @@ def test_tensorboard_logs_flattened_scalars(tmp_path, monkeypatch):
         assert w.tensorboard_enabled
         w.write({"iteration": 7, "loss": 0.5, "instant_reward": [0.1, 0.2], "timings": {"train": 1.0}, "s": "x"})
     assert calls["init"] == [(str(tmp_path / "tb"), 7)]  # events past the checkpoint are purged
-    assert sorted(calls["scalars"]) == [("instant_reward/step_0", 0.1, 7), ("instant_reward/step_1", 0.2, 7),
-                                        ("loss", 0.5, 7), ("timings/train", 1.0, 7)]
+    assert sorted(calls["scalars"]) == [
+        ("instant_reward/step_0", 0.1, 7),
+        ("instant_reward/step_1", 0.2, 7),
+        ("loss", 0.5, 7),
+        ("timings/train", 1.0, 7),
+    ]
     assert calls["closed"]
 
 

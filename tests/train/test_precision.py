@@ -19,8 +19,10 @@ from vgpo_fast.train.trainer import Trainer
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
-@pytest.mark.parametrize(("device", "native", "want"), [(CPU, True, torch.bfloat16), (CPU, False, None),
-                                                        (CUDA, False, torch.bfloat16), (CUDA, True, torch.bfloat16)])
+@pytest.mark.parametrize(
+    ("device", "native", "want"),
+    [(CPU, True, torch.bfloat16), (CPU, False, None), (CUDA, False, torch.bfloat16), (CUDA, True, torch.bfloat16)],
+)
 def test_auto_is_bf16_on_cuda_and_on_cpus_with_native_bf16_else_float32(device, native, want) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -42,18 +44,22 @@ def test_explicit_bf16_on_a_cpu_without_native_bf16_warns_and_is_honoured() -> N
         resolve_precision("fp32", CPU)
 
 
-@pytest.mark.parametrize(("cpuinfo", "machine", "native"), [
-    ("flags\t\t: fpu sse avx2 fma\n", "x86_64", False),
-    ("flags\t\t: fpu avx2 avx512f avx512_bf16\n", "x86_64", True),
-    ("flags\t\t: fpu avx2 amx_bf16 amx_tile\n", "x86_64", True),
-    ("Features\t: fp asimd bf16 i8mm\n", "aarch64", True),
-    ("Features\t: fp asimd\n", "aarch64", False),
-])
+@pytest.mark.parametrize(
+    ("cpuinfo", "machine", "native"),
+    [
+        ("flags\t\t: fpu sse avx2 fma\n", "x86_64", False),
+        ("flags\t\t: fpu avx2 avx512f avx512_bf16\n", "x86_64", True),
+        ("flags\t\t: fpu avx2 amx_bf16 amx_tile\n", "x86_64", True),
+        ("Features\t: fp asimd bf16 i8mm\n", "aarch64", True),
+        ("Features\t: fp asimd\n", "aarch64", False),
+    ],
+)
 def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path: Path, cpuinfo, machine, native) -> None:
     (tmp_path / "cpuinfo").write_text(cpuinfo)
     real_path = precision.Path
-    monkeypatch.setattr(precision, "Path", lambda p: real_path(tmp_path / "cpuinfo") if p == "/proc/cpuinfo"
-                        else real_path(p))
+    monkeypatch.setattr(
+        precision, "Path", lambda p: real_path(tmp_path / "cpuinfo") if p == "/proc/cpuinfo" else real_path(p)
+    )
     monkeypatch.setattr(precision.platform, "machine", lambda: machine)
     cpu_has_native_bf16.cache_clear()
     try:
@@ -64,8 +70,17 @@ def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path: Path, cpu
 
 def test_the_default_config_is_auto_and_a_run_logs_and_saves_the_choice(tmp_path: Path) -> None:
     assert load(None).train.mixed_precision == "auto"
-    cfg = load(None, [*TINY_OVERRIDES, f"run.output_dir={tmp_path}", "run.name=p", "train.iterations=1",
-                      "run.eval_every=0", "run.report=false"])
+    cfg = load(
+        None,
+        [
+            *TINY_OVERRIDES,
+            f"run.output_dir={tmp_path}",
+            "run.name=p",
+            "train.iterations=1",
+            "run.eval_every=0",
+            "run.report=false",
+        ],
+    )
     lines: list[str] = []
     trainer = Trainer(cfg, pipeline=tiny_pipeline(), log=lines.append)
     want = resolve_precision("auto", trainer.device)

@@ -29,9 +29,11 @@ def test_excluded_seconds_leave_the_bars_elapsed_time() -> None:
 
 
 def test_timing_shares_are_of_the_iteration_and_evaluation_is_apart() -> None:
-    records = [{"iteration": -1, "heldout_reward": 0.3, "timings": {"eval": 9.0}},
-               {"iteration": 0, "timings": {"transformer": 1.0, "train": 2.0, "total": 3.5}},
-               {"iteration": 1, "timings": {"transformer": 1.0, "train": 2.0, "total": 3.5, "eval": 1.0}}]
+    records = [
+        {"iteration": -1, "heldout_reward": 0.3, "timings": {"eval": 9.0}},
+        {"iteration": 0, "timings": {"transformer": 1.0, "train": 2.0, "total": 3.5}},
+        {"iteration": 1, "timings": {"transformer": 1.0, "train": 2.0, "total": 3.5, "eval": 1.0}},
+    ]
     b = timing_breakdown(records)
     assert set(b["phases"]) == {"transformer", "train"}
     assert b["share"]["transformer"] == pytest.approx(1 / 3.5) and b["share"]["train"] == pytest.approx(2 / 3.5)
@@ -40,8 +42,18 @@ def test_timing_shares_are_of_the_iteration_and_evaluation_is_apart() -> None:
 
 
 def test_base_evaluation_is_announced_before_the_training_bar(tmp_path: Path, capsys) -> None:
-    cfg = load(None, [*TINY_OVERRIDES, f"run.output_dir={tmp_path}", "run.name=bar", "train.iterations=2",
-                      "run.eval_every=2", "run.report=false", "run.progress=true"])
+    cfg = load(
+        None,
+        [
+            *TINY_OVERRIDES,
+            f"run.output_dir={tmp_path}",
+            "run.name=bar",
+            "train.iterations=2",
+            "run.eval_every=2",
+            "run.report=false",
+            "run.progress=true",
+        ],
+    )
 
     def log(line: str) -> None:
         print(line, file=sys.stderr)

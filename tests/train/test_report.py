@@ -18,12 +18,30 @@ T = 10
 def synthetic_records(n: int = 10) -> list[dict]:
     recs = []
     for i in range(n):
-        r = {"iteration": i, "reward_mean": 0.2 + 0.05 * i, "reward_std": 0.1, "group_std_mean": 0.08 - 0.005 * i,
-             "zero_std_frac": 0.05 * i, "instant_reward": [0.1 + 0.02 * j + 0.03 * i for j in range(T)],
-             "loss": 0.01 * (-1) ** i, "approx_kl": 1e-4 * 2**i, "kl": 1e-3 * (i + 1), "clip_frac": 0.01 * i,
-             "grad_norm": 1.0 + i, "omega_fallback_frac": 0.0, "algorithm": "vgpo",
-             "timings": {"transformer": 1.0, "sde_op": 0.1, "reward_wait": 0.2, "decode": 0.3, "reward": 0.4,
-                         "train": 2.0, "total": 4.1}}
+        r = {
+            "iteration": i,
+            "reward_mean": 0.2 + 0.05 * i,
+            "reward_std": 0.1,
+            "group_std_mean": 0.08 - 0.005 * i,
+            "zero_std_frac": 0.05 * i,
+            "instant_reward": [0.1 + 0.02 * j + 0.03 * i for j in range(T)],
+            "loss": 0.01 * (-1) ** i,
+            "approx_kl": 1e-4 * 2**i,
+            "kl": 1e-3 * (i + 1),
+            "clip_frac": 0.01 * i,
+            "grad_norm": 1.0 + i,
+            "omega_fallback_frac": 0.0,
+            "algorithm": "vgpo",
+            "timings": {
+                "transformer": 1.0,
+                "sde_op": 0.1,
+                "reward_wait": 0.2,
+                "decode": 0.3,
+                "reward": 0.4,
+                "train": 2.0,
+                "total": 4.1,
+            },
+        }
         if i % 5 == 4:
             r["heldout_reward"] = 0.25 + 0.04 * i
         recs.append(r)
@@ -48,7 +66,7 @@ def expected_blocks(canvas: np.ndarray, src: np.ndarray, nrow: int, scale: int, 
     for k in range(b):
         r, c = divmod(k, nrow)
         y0, x0 = GUTTER + r * row_h, GUTTER + c * (w * scale + GUTTER)
-        block = canvas[y0:y0 + h * scale, x0:x0 + w * scale]
+        block = canvas[y0 : y0 + h * scale, x0 : x0 + w * scale]
         ys, xs = np.meshgrid(np.arange(h * scale), np.arange(w * scale), indexing="ij")
         np.testing.assert_array_equal(block, src[k][ys // scale, xs // scale])
 
@@ -73,7 +91,7 @@ def test_grid_pixels_exact(tmp_path, kind):
     expected_blocks(canvas, src, nrow, scale, row_h=h * scale + GUTTER)
     # Gutters: the border and the separating columns/rows are white.
     assert (canvas[:GUTTER] == 255).all() and (canvas[:, :GUTTER] == 255).all()
-    assert (canvas[:, GUTTER + 64:GUTTER + 66] == 255).all() and (canvas[GUTTER + 64:GUTTER + 66] == 255).all()
+    assert (canvas[:, GUTTER + 64 : GUTTER + 66] == 255).all() and (canvas[GUTTER + 64 : GUTTER + 66] == 255).all()
 
 
 def test_grid_incomplete_last_row(tmp_path):
@@ -101,8 +119,15 @@ def test_grid_labels(tmp_path):
         save_image_grid(src, tmp_path / "x.png", nrow=3, labels=["a", "b"])
 
 
-@pytest.mark.parametrize("bad", [torch.rand(2, 4, 8, 8), torch.zeros(2, 3, 8, 8, dtype=torch.uint8),
-                                 np.zeros((2, 8, 8, 3), dtype=np.float32), np.zeros((2, 3, 8, 8), dtype=np.uint8)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        torch.rand(2, 4, 8, 8),
+        torch.zeros(2, 3, 8, 8, dtype=torch.uint8),
+        np.zeros((2, 8, 8, 3), dtype=np.float32),
+        np.zeros((2, 3, 8, 8), dtype=np.uint8),
+    ],
+)
 def test_grid_rejects_bad_input(tmp_path, bad):
     with pytest.raises(ValueError, match="images"):
         save_image_grid(bad, tmp_path / "x.png", nrow=2)
@@ -174,10 +199,19 @@ def test_write_report(tmp_path):
     before = save_image_grid(images, run_dir / "samples_before.png", nrow=2)
     after = save_image_grid(images, tmp_path / "elsewhere" / "after grid.png", nrow=2)  # outside run_dir
     config = {"algorithm": {"name": "vgpo", "note": "a < b & c"}, "path": Path("/x/y"), "ticks": "```"}
-    out = write_report(run_dir, synthetic_records(), title="Run <script>alert(1)</script> & more",
-                       summary={"heldout reward before": 0.25, "heldout reward after": 0.61234567,
-                                "algorithm": "vgpo|flow-grpo", "<b>key</b>": None},
-                       grids={"before (iteration 0)": before, "after [final]": after}, config=config)
+    out = write_report(
+        run_dir,
+        synthetic_records(),
+        title="Run <script>alert(1)</script> & more",
+        summary={
+            "heldout reward before": 0.25,
+            "heldout reward after": 0.61234567,
+            "algorithm": "vgpo|flow-grpo",
+            "<b>key</b>": None,
+        },
+        grids={"before (iteration 0)": before, "after [final]": after},
+        config=config,
+    )
     assert out == run_dir / "report.html"
     text = out.read_text()
     assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in text

@@ -19,15 +19,34 @@ REPO = HERE.parents[1]
 
 
 def env() -> dict[str, str]:
-    return dict(os.environ, OMP_NUM_THREADS="1",
-                PYTHONPATH=os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")]),
+    )
 
 
 def start_server(tmp: Path) -> tuple[subprocess.Popen, str]:
     port_file = tmp / f"port-{time.monotonic_ns()}"
-    proc = subprocess.Popen([sys.executable, "-m", "vgpo_fast.cli", "reward-server", "--reward",
-                             "helpers_train:Redness", "--host", "127.0.0.1", "--port", "0", "--port-file",
-                             str(port_file)], env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vgpo_fast.cli",
+            "reward-server",
+            "--reward",
+            "helpers_train:Redness",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+        ],
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while not port_file.exists():
         assert proc.poll() is None and time.monotonic() < deadline, "reward server did not start"
@@ -44,13 +63,25 @@ def iterations_done(metrics: Path) -> list[int]:
 def test_server_killed_mid_run_stops_cleanly_and_resume_completes(tmp_path: Path) -> None:
     model = save_tiny_model(tmp_path / "tiny")
     server, url = start_server(tmp_path)
-    base = [sys.executable, "-m", "vgpo_fast.cli", "train", f"model.path={model}", f"run.output_dir={tmp_path}",
-            "run.name=r", *TINY_OVERRIDES, "train.iterations=40", "run.checkpoint_every=1000", "run.eval_every=0",
-            "run.report=false"]
+    base = [
+        sys.executable,
+        "-m",
+        "vgpo_fast.cli",
+        "train",
+        f"model.path={model}",
+        f"run.output_dir={tmp_path}",
+        "run.name=r",
+        *TINY_OVERRIDES,
+        "train.iterations=40",
+        "run.checkpoint_every=1000",
+        "run.eval_every=0",
+        "run.report=false",
+    ]
     try:
         with open(tmp_path / "train.log", "wb") as log:
-            proc = subprocess.Popen([*base, f"reward.reward={url}"], env=env(), stdout=log, stderr=subprocess.STDOUT,
-                                    cwd=REPO)
+            proc = subprocess.Popen(
+                [*base, f"reward.reward={url}"], env=env(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO
+            )
         metrics = tmp_path / "r" / "metrics.jsonl"
         deadline = time.monotonic() + 180
         while len(iterations_done(metrics)) < 2:
@@ -68,8 +99,14 @@ def test_server_killed_mid_run_stops_cleanly_and_resume_completes(tmp_path: Path
         assert latest == f"step_{len(done):06d}"  # every completed iteration is in the checkpoint
 
         server, url = start_server(tmp_path)
-        resumed = subprocess.run([*base, "train.iterations=" + str(len(done) + 2), f"reward.reward={url}",
-                                  "--resume"], env=env(), capture_output=True, text=True, timeout=300, cwd=REPO)
+        resumed = subprocess.run(
+            [*base, "train.iterations=" + str(len(done) + 2), f"reward.reward={url}", "--resume"],
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=REPO,
+        )
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert iterations_done(metrics) == list(range(len(done) + 2))
     finally:
@@ -81,9 +118,26 @@ def test_server_killed_mid_run_stops_cleanly_and_resume_completes(tmp_path: Path
 @pytest.mark.parametrize("spec", ["http://127.0.0.1:9"])
 def test_unreachable_server_at_start_is_one_clear_line(tmp_path: Path, spec: str) -> None:
     model = save_tiny_model(tmp_path / "tiny")
-    out = subprocess.run([sys.executable, "-m", "vgpo_fast.cli", "train", f"model.path={model}",
-                          f"run.output_dir={tmp_path}", "run.name=r", *TINY_OVERRIDES, "train.iterations=2",
-                          "run.eval_every=0", "run.report=false", f"reward.reward={spec}"],
-                         env=env(), capture_output=True, text=True, timeout=180, cwd=REPO)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vgpo_fast.cli",
+            "train",
+            f"model.path={model}",
+            f"run.output_dir={tmp_path}",
+            "run.name=r",
+            *TINY_OVERRIDES,
+            "train.iterations=2",
+            "run.eval_every=0",
+            "run.report=false",
+            f"reward.reward={spec}",
+        ],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO,
+    )
     assert out.returncode == 2
     assert "127.0.0.1:9" in out.stderr and "Traceback" not in out.stderr

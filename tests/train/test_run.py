@@ -26,14 +26,29 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def train_cmd(model_dir: Path, out: Path, name: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "vgpo_fast.cli", "train", f"model.path={model_dir}", f"run.output_dir={out}",
-            f"run.name={name}", *TINY_OVERRIDES, "train.iterations=5", "run.checkpoint_every=1", "run.eval_every=2",
-            "run.report=false", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "vgpo_fast.cli",
+        "train",
+        f"model.path={model_dir}",
+        f"run.output_dir={out}",
+        f"run.name={name}",
+        *TINY_OVERRIDES,
+        "train.iterations=5",
+        "run.checkpoint_every=1",
+        "run.eval_every=2",
+        "run.report=false",
+        *extra,
+    ]
 
 
 def env() -> dict[str, str]:
-    return dict(os.environ, OMP_NUM_THREADS="1",
-                PYTHONPATH=os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")]),
+    )
 
 
 def run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -60,8 +75,11 @@ def test_sigkill_mid_iteration_then_resume_matches_uninterrupted_run(model_dir: 
         time.sleep(0.02)
     # Into iteration 2's rollout or update: half an iteration of the uninterrupted run (a fixed pause overshot
     # whole iterations on an idle machine).
-    totals = [r["timings"]["total"] for r in map(json.loads, (tmp_path / "full" / "metrics.jsonl").read_text()
-                                                 .splitlines()) if r["iteration"] >= 0]
+    totals = [
+        r["timings"]["total"]
+        for r in map(json.loads, (tmp_path / "full" / "metrics.jsonl").read_text().splitlines())
+        if r["iteration"] >= 0
+    ]
     time.sleep(0.5 * sorted(totals)[len(totals) // 2])
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
@@ -75,8 +93,9 @@ def test_sigkill_mid_iteration_then_resume_matches_uninterrupted_run(model_dir: 
     assert stable(tmp_path / "killed" / "metrics.jsonl") == stable(tmp_path / "full" / "metrics.jsonl")
 
 
-def test_rerun_without_resume_starts_a_new_run_and_corrupt_checkpoint_is_a_clear_error(model_dir: Path,
-                                                                                        tmp_path: Path) -> None:
+def test_rerun_without_resume_starts_a_new_run_and_corrupt_checkpoint_is_a_clear_error(
+    model_dir: Path, tmp_path: Path
+) -> None:
     cmd = train_cmd(model_dir, tmp_path, "r", "train.iterations=2")
     assert run(cmd).returncode == 0
     before = (tmp_path / "r" / "metrics.jsonl").read_text()

@@ -76,8 +76,13 @@ def test_each_algorithm_trains_with_finite_metrics(algorithm: str) -> None:
 @pytest.mark.parametrize("algorithm", ["vgpo", "flow_grpo", "vgpo_no_tcrm", "vgpo_no_adae"])
 def test_advantages_and_loss_match_float64_reference(algorithm: str) -> None:
     # One optimiser step for the whole batch: every micro-step's loss is taken at the rollout's weights.
-    trainer = make_trainer(*ALGORITHMS[algorithm], "train.grad_accum=8", "algorithm.beta=0.5",
-                           "train.steps_per_iter=2", "train.mixed_precision=no")
+    trainer = make_trainer(
+        *ALGORITHMS[algorithm],
+        "train.grad_accum=8",
+        "algorithm.beta=0.5",
+        "train.steps_per_iter=2",
+        "train.mixed_precision=no",
+    )
     perturb_lora(trainer)
     cfg = trainer.cfg
     P, G, T = cfg.rollout.prompts_per_iter, cfg.rollout.group_size, cfg.rollout.steps
@@ -94,8 +99,9 @@ def test_advantages_and_loss_match_float64_reference(algorithm: str) -> None:
     elif algorithm == "vgpo_no_tcrm":
         terminal = torch.zeros_like(R)
         terminal[..., -1] = R[..., -1]
-        expected = tcrm_adae_reference(terminal, gamma=1.0, k=alg.k, eps=alg.eps, adv_clip=alg.adv_clip,
-                                       omega=False).advantages
+        expected = tcrm_adae_reference(
+            terminal, gamma=1.0, k=alg.k, eps=alg.eps, adv_clip=alg.adv_clip, omega=False
+        ).advantages
     else:
         k = alg.k if algorithm == "vgpo" else 0.0
         expected = tcrm_adae_reference(R, gamma=alg.gamma, k=k, eps=alg.eps, adv_clip=alg.adv_clip).advantages
@@ -112,16 +118,28 @@ def test_advantages_and_loss_match_float64_reference(algorithm: str) -> None:
             cond = trainer.pipe.encode([batch.prompts[i]])
             uncond = trainer.pipe.encode([""])
             for j in plan[i].tolist():
-                x, x_next = batch.latents[j, i:i + 1], batch.latents[j + 1, i:i + 1]
+                x, x_next = batch.latents[j, i : i + 1], batch.latents[j + 1, i : i + 1]
                 s = sig[j].float().reshape(1)
                 v = velocity(model, x, s, *cond, cfg.rollout.guidance_scale, uncond)
                 with reference_policy(model):
                     v_ref = velocity(model, x, s, *cond, cfg.rollout.guidance_scale, uncond)
-                lp = sde_log_prob_reference(x.double(), v.double(), x_next.double(), sig[j], sig[j + 1],
-                                            v_ref=v_ref.double(), a=cfg.rollout.noise_level)
-                out = clipped_policy_loss_reference(lp.logp, batch.logp[j, i:i + 1].double(),
-                                                    expected[i // G, i % G, j].reshape(1), lp.kl,
-                                                    clip=alg.clip_range, beta=alg.beta)
+                lp = sde_log_prob_reference(
+                    x.double(),
+                    v.double(),
+                    x_next.double(),
+                    sig[j],
+                    sig[j + 1],
+                    v_ref=v_ref.double(),
+                    a=cfg.rollout.noise_level,
+                )
+                out = clipped_policy_loss_reference(
+                    lp.logp,
+                    batch.logp[j, i : i + 1].double(),
+                    expected[i // G, i % G, j].reshape(1),
+                    lp.kl,
+                    clip=alg.clip_range,
+                    beta=alg.beta,
+                )
                 assert float(lp.kl) > 0
                 losses.append(float(out.loss))
     upd = trainer.update(batch, adv, keep, 0)

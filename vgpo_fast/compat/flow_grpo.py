@@ -16,8 +16,9 @@ from ..ops.sde_log_prob import sde_log_prob
 from ..ops.sde_step import sde_step
 
 
-def _step_sigmas(scheduler, timestep: torch.Tensor | float, batch: int,
-                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _step_sigmas(
+    scheduler, timestep: torch.Tensor | float, batch: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (sigma, sigma_next) `[B]` float32 of the scheduler steps that `timestep` names."""
     ts = torch.as_tensor(timestep).reshape(-1)
     if ts.numel() == 1:
@@ -33,10 +34,15 @@ def _step_sigmas(scheduler, timestep: torch.Tensor | float, batch: int,
     return sigma, sigma_next
 
 
-def sde_step_with_logprob(scheduler, model_output: torch.Tensor, timestep: torch.Tensor | float,
-                          sample: torch.Tensor, noise_level: float = 0.7, prev_sample: torch.Tensor | None = None,
-                          generator: torch.Generator | list[torch.Generator] | None = None,
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def sde_step_with_logprob(
+    scheduler,
+    model_output: torch.Tensor,
+    timestep: torch.Tensor | float,
+    sample: torch.Tensor,
+    noise_level: float = 0.7,
+    prev_sample: torch.Tensor | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One flow_grpo SDE step of a `FlowMatchEulerDiscreteScheduler`, as Flow-GRPO defines it.
 
     model_output, sample, prev_sample: `[B, C, H, W]`; timestep: scalar or `[B]` scheduler timesteps.
@@ -48,15 +54,18 @@ def sde_step_with_logprob(scheduler, model_output: torch.Tensor, timestep: torch
     sigma, sigma_next = _step_sigmas(scheduler, timestep, batch, sample.device)
     log_prob = None
     if prev_sample is None:
-        noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
-                             dtype=model_output.dtype)
+        noise = randn_tensor(
+            model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
+        )
         step = sde_step(sample.detach(), model_output.detach(), sigma, sigma_next, noise=noise, a=noise_level)
         prev_sample, log_prob = step.x_next, step.logp
     prev_sample = prev_sample.float()
     if log_prob is None or model_output.requires_grad:
-        log_prob = sde_log_prob(sample.detach(), model_output, prev_sample.detach(), sigma, sigma_next,
-                                a=noise_level).logp
+        log_prob = sde_log_prob(
+            sample.detach(), model_output, prev_sample.detach(), sigma, sigma_next, a=noise_level
+        ).logp
     view = (-1,) + (1,) * (sample.dim() - 1)
-    prev_sample_mean, std_dev_t, _ = sde_terms(sample, model_output, sigma.reshape(view),
-                                               sigma_next.reshape(view), noise_level, "flow_grpo")
+    prev_sample_mean, std_dev_t, _ = sde_terms(
+        sample, model_output, sigma.reshape(view), sigma_next.reshape(view), noise_level, "flow_grpo"
+    )
     return prev_sample, log_prob, prev_sample_mean, std_dev_t

@@ -14,8 +14,13 @@ from torch import nn
 __all__ = ["enable_fp8_training", "fp8_supported", "maybe_compile"]
 
 
-def maybe_compile(model: nn.Module, mode: str | None = "default", backend: str = "inductor",
-                  fullgraph: bool = False, dynamic: bool | None = False) -> nn.Module:
+def maybe_compile(
+    model: nn.Module,
+    mode: str | None = "default",
+    backend: str = "inductor",
+    fullgraph: bool = False,
+    dynamic: bool | None = False,
+) -> nn.Module:
     """`torch.compile(model)` unless `mode` is None or "none" (then `model` itself). Works with LoRA injected.
 
     Call after `add_lora` / `enable_fp8_training`: they rewrite modules. Parameters are shared with `model`.
@@ -53,12 +58,19 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def _default_filter(module: nn.Module, fqn: str) -> bool:
     # float8 matmuls need both dims divisible by 16; adapters stay in high precision (they are tiny).
-    return (isinstance(module, nn.Linear) and "lora_" not in fqn
-            and module.in_features % 16 == 0 and module.out_features % 16 == 0)
+    return (
+        isinstance(module, nn.Linear)
+        and "lora_" not in fqn
+        and module.in_features % 16 == 0
+        and module.out_features % 16 == 0
+    )
 
 
-def enable_fp8_training(model: nn.Module, module_filter_fn: Callable[[nn.Module, str], bool] | None = None,
-                        device: torch.device | str | None = None) -> nn.Module:
+def enable_fp8_training(
+    model: nn.Module,
+    module_filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    device: torch.device | str | None = None,
+) -> nn.Module:
     """Swap eligible `nn.Linear`s for torchao `Float8Linear` (dynamic tensorwise scaling), in place.
 
     Default filter: linears with both dims divisible by 16, LoRA layers excluded. `device` defaults to the model's.

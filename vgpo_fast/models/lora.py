@@ -20,32 +20,60 @@ from torch import nn
 
 from vgpo_fast.models.transformer import unwrap
 
-__all__ = ["MMDIT_LORA_TARGETS", "add_lora", "load_lora", "lora_state_dict", "reference_policy", "save_lora",
-           "trainable_parameters"]
+__all__ = [
+    "MMDIT_LORA_TARGETS",
+    "add_lora",
+    "load_lora",
+    "lora_state_dict",
+    "reference_policy",
+    "save_lora",
+    "trainable_parameters",
+]
 
 # Joint attention of every MMDiT block: image-stream q/k/v/out and context-stream q/k/v/out.
 MMDIT_LORA_TARGETS: tuple[str, ...] = (
-    "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "add_q_proj",
+    "add_k_proj",
+    "add_v_proj",
+    "to_add_out",
 )
 
 
-def add_lora(model: nn.Module, rank: int = 16, alpha: float | None = None,
-             target_modules: Sequence[str] = MMDIT_LORA_TARGETS, dropout: float = 0.0,
-             adapter_name: str = "default") -> nn.Module:
+def add_lora(
+    model: nn.Module,
+    rank: int = 16,
+    alpha: float | None = None,
+    target_modules: Sequence[str] = MMDIT_LORA_TARGETS,
+    dropout: float = 0.0,
+    adapter_name: str = "default",
+) -> nn.Module:
     """Inject LoRA (`rank`, scale `alpha / rank`, default alpha = rank) into `target_modules`; freeze the rest.
 
     Returns the same module (modified in place).
     """
     if rank < 1:
         raise ValueError(f"rank must be >= 1, got {rank}")
-    config = LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, target_modules=list(target_modules),
-                        lora_dropout=dropout, init_lora_weights=True)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=rank if alpha is None else alpha,
+        target_modules=list(target_modules),
+        lora_dropout=dropout,
+        init_lora_weights=True,
+    )
     base = unwrap(model)
     inject_adapter_in_model(config, base, adapter_name=adapter_name)
     for name, p in base.named_parameters():
         p.requires_grad_("lora_" in name)
-    base._vgpo_lora_config = {"rank": rank, "alpha": config.lora_alpha, "target_modules": list(target_modules),
-                              "adapter_name": adapter_name}
+    base._vgpo_lora_config = {
+        "rank": rank,
+        "alpha": config.lora_alpha,
+        "target_modules": list(target_modules),
+        "adapter_name": adapter_name,
+    }
     return model
 
 
@@ -105,8 +133,13 @@ def load_lora(model: nn.Module, path: str | Path) -> nn.Module:
     if not any(isinstance(m, BaseTunerLayer) for m in base.modules()):
         if not config:
             raise ValueError(f"{path} has no LoRA config metadata and the model has no adapter to load it into")
-        add_lora(base, rank=config["rank"], alpha=config["alpha"], target_modules=config["target_modules"],
-                 adapter_name=config["adapter_name"])
+        add_lora(
+            base,
+            rank=config["rank"],
+            alpha=config["alpha"],
+            target_modules=config["target_modules"],
+            adapter_name=config["adapter_name"],
+        )
     expected = set(lora_state_dict(base))
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)

@@ -41,8 +41,14 @@ class FlowPipeline(nn.Module):
     `pooled [B, P]`); decode(latents [B, C, h, w]) -> float32 images `[B, 3, H, W]` in [0, 1].
     """
 
-    def __init__(self, transformer: nn.Module, text_encoder: nn.Module, latent_shape: tuple[int, int, int],
-                 vae: nn.Module | None = None, encode_fn: PromptEncoder | None = None):
+    def __init__(
+        self,
+        transformer: nn.Module,
+        text_encoder: nn.Module,
+        latent_shape: tuple[int, int, int],
+        vae: nn.Module | None = None,
+        encode_fn: PromptEncoder | None = None,
+    ):
         super().__init__()
         self.transformer = transformer
         self.text_encoder = text_encoder
@@ -72,8 +78,9 @@ class FlowPipeline(nn.Module):
             images = self.vae.decode(z, return_dict=False)[0]
         return unit_to_pixels(images)
 
-    def velocity_fn(self, prompts: Sequence[str], guidance_scale: float = 1.0,
-                    model: nn.Module | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def velocity_fn(
+        self, prompts: Sequence[str], guidance_scale: float = 1.0, model: nn.Module | None = None
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """`v(x [B, ...], sigma [B])` for a fixed batch of prompts (B = len(prompts)), CFG-guided when
         `guidance_scale != 1`. `model` overrides the transformer (e.g. a compiled one)."""
         ehs, pooled = self.encode(prompts)
@@ -91,8 +98,9 @@ def load_task_pipeline(path: str | Path, device: torch.device | str = "cpu") -> 
     path = Path(path)
     meta_file = path / "pretrain.json"
     if not meta_file.is_file():
-        raise FileNotFoundError(f"{meta_file} does not exist: {path} is not a task model directory "
-                                f"(made by `vgpo-fast pretrain`)")
+        raise FileNotFoundError(
+            f"{meta_file} does not exist: {path} is not a task model directory (made by `vgpo-fast pretrain`)"
+        )
     meta = json.loads(meta_file.read_text())
     transformer = load_transformer(path / "transformer").to(device)
     text_encoder = TextEncoder.load(path / "text_encoder", device=device)

@@ -37,13 +37,23 @@ class SD3PromptEncoder(nn.Module):
     `text_embeds` concatenated.
     """
 
-    def __init__(self, clip_l: CLIPTextModelWithProjection, tokenizer_l: CLIPTokenizer,
-                 clip_g: CLIPTextModelWithProjection, tokenizer_g: CLIPTokenizer, t5: T5EncoderModel | None,
-                 tokenizer_t5: T5TokenizerFast | None, t5_width: int, max_sequence_length: int = 256):
+    def __init__(
+        self,
+        clip_l: CLIPTextModelWithProjection,
+        tokenizer_l: CLIPTokenizer,
+        clip_g: CLIPTextModelWithProjection,
+        tokenizer_g: CLIPTokenizer,
+        t5: T5EncoderModel | None,
+        tokenizer_t5: T5TokenizerFast | None,
+        t5_width: int,
+        max_sequence_length: int = 256,
+    ):
         super().__init__()
         if (t5 is None) != (tokenizer_t5 is None):
-            raise ValueError("t5 and tokenizer_t5 must both be given or both be None, "
-                             f"got t5={type(t5).__name__}, tokenizer_t5={type(tokenizer_t5).__name__}")
+            raise ValueError(
+                "t5 and tokenizer_t5 must both be given or both be None, "
+                f"got t5={type(t5).__name__}, tokenizer_t5={type(tokenizer_t5).__name__}"
+            )
         clip_width = clip_l.config.hidden_size + clip_g.config.hidden_size
         if clip_width > t5_width:
             raise ValueError(f"CLIP-L + CLIP-G hidden sizes ({clip_width}) must be <= the T5 width, got {t5_width}")
@@ -66,19 +76,28 @@ class SD3PromptEncoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.clip_l.parameters()).device
 
-    def _clip(self, model: CLIPTextModelWithProjection, tokenizer: CLIPTokenizer,
-              prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = tokenizer(prompts, padding="max_length", max_length=self.clip_length, truncation=True,
-                        return_tensors="pt").input_ids
+    def _clip(
+        self, model: CLIPTextModelWithProjection, tokenizer: CLIPTokenizer, prompts: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = tokenizer(
+            prompts, padding="max_length", max_length=self.clip_length, truncation=True, return_tensors="pt"
+        ).input_ids
         out = model(ids.to(self.device), output_hidden_states=True)
         return out.hidden_states[-2].to(self.clip_l.dtype), out.text_embeds
 
     def _t5(self, prompts: list[str]) -> torch.Tensor:
         if self.t5 is None:
-            return torch.zeros(len(prompts), self.max_sequence_length, self.t5_width, device=self.device,
-                               dtype=self.clip_l.dtype)
-        ids = self.tokenizer_t5(prompts, padding="max_length", max_length=self.max_sequence_length, truncation=True,
-                                add_special_tokens=True, return_tensors="pt").input_ids
+            return torch.zeros(
+                len(prompts), self.max_sequence_length, self.t5_width, device=self.device, dtype=self.clip_l.dtype
+            )
+        ids = self.tokenizer_t5(
+            prompts,
+            padding="max_length",
+            max_length=self.max_sequence_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        ).input_ids
         return self.t5(ids.to(self.device))[0].to(self.t5.dtype)
 
     @torch.no_grad()
@@ -121,8 +140,9 @@ def _frozen(module: nn.Module, device: torch.device | str) -> nn.Module:
     return module.to(device).requires_grad_(False).eval()
 
 
-def _latent_shape(transformer: nn.Module, vae: AutoencoderKL,
-                  resolution: int | tuple[int, int] | None) -> tuple[int, int, int]:
+def _latent_shape(
+    transformer: nn.Module, vae: AutoencoderKL, resolution: int | tuple[int, int] | None
+) -> tuple[int, int, int]:
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     tcfg = transformer.config
     if resolution is None:
@@ -130,19 +150,29 @@ def _latent_shape(transformer: nn.Module, vae: AutoencoderKL,
     height, width = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
     step = scale * tcfg.patch_size
     if height <= 0 or width <= 0 or height % step or width % step:
-        raise ValueError(f"resolution must be positive multiples of vae scale ({scale}) x patch size "
-                         f"({tcfg.patch_size}) = {step}, got {(height, width)}")
+        raise ValueError(
+            f"resolution must be positive multiples of vae scale ({scale}) x patch size "
+            f"({tcfg.patch_size}) = {step}, got {(height, width)}"
+        )
     h, w = height // scale, width // scale
     max_patches = getattr(tcfg, "pos_embed_max_size", None)
     if max_patches is not None and max(h, w) // tcfg.patch_size > max_patches:
-        raise ValueError(f"resolution {(height, width)} needs {max(h, w) // tcfg.patch_size} patches per side, "
-                         f"the transformer's positional embedding covers pos_embed_max_size={max_patches}")
+        raise ValueError(
+            f"resolution {(height, width)} needs {max(h, w) // tcfg.patch_size} patches per side, "
+            f"the transformer's positional embedding covers pos_embed_max_size={max_patches}"
+        )
     return int(vae.config.latent_channels), h, w
 
 
-def load_sd3_pipeline(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                      text_dtype: torch.dtype | None = None, resolution: int | tuple[int, int] | None = None,
-                      max_sequence_length: int = 256, use_t5: bool = True) -> FlowPipeline:
+def load_sd3_pipeline(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    text_dtype: torch.dtype | None = None,
+    resolution: int | tuple[int, int] | None = None,
+    max_sequence_length: int = 256,
+    use_t5: bool = True,
+) -> FlowPipeline:
     """A local SD3 / SD3.5 pipeline directory as a `FlowPipeline` with latents `[16, H/8, W/8]` (for SD3).
 
     `dtype`: transformer and VAE; `text_dtype`: CLIP and T5 (default `dtype`). `resolution`: image side `S` or
@@ -162,8 +192,10 @@ def load_sd3_pipeline(path: str | Path, device: torch.device | str = "cpu", dtyp
     index = json.loads(index_file.read_text())
     class_name = index.get("_class_name", "")
     if not class_name.startswith("StableDiffusion3"):
-        raise ValueError(f"{index_file} describes a {class_name or 'pipeline without _class_name'}, "
-                         f"expected StableDiffusion3Pipeline")
+        raise ValueError(
+            f"{index_file} describes a {class_name or 'pipeline without _class_name'}, "
+            f"expected StableDiffusion3Pipeline"
+        )
     text_dtype = dtype if text_dtype is None else text_dtype
     for name in _REQUIRED:
         (_tokenizer_dir if name.startswith("tokenizer") else _model_dir)(path, name)
@@ -188,19 +220,30 @@ def load_sd3_pipeline(path: str | Path, device: torch.device | str = "cpu", dtyp
 
     t5 = tokenizer_t5 = None
     if with_t5:
-        t5 = _frozen(T5EncoderModel.from_pretrained(path / "text_encoder_3", dtype=text_dtype,
-                                                    local_files_only=True), device)
+        t5 = _frozen(
+            T5EncoderModel.from_pretrained(path / "text_encoder_3", dtype=text_dtype, local_files_only=True), device
+        )
         tokenizer_t5 = tokenizer(T5TokenizerFast, "tokenizer_3")
-    encoder = SD3PromptEncoder(clip("text_encoder"), tokenizer(CLIPTokenizer, "tokenizer"), clip("text_encoder_2"),
-                               tokenizer(CLIPTokenizer, "tokenizer_2"), t5, tokenizer_t5,
-                               t5_width=transformer.config.joint_attention_dim,
-                               max_sequence_length=max_sequence_length)
+    encoder = SD3PromptEncoder(
+        clip("text_encoder"),
+        tokenizer(CLIPTokenizer, "tokenizer"),
+        clip("text_encoder_2"),
+        tokenizer(CLIPTokenizer, "tokenizer_2"),
+        t5,
+        tokenizer_t5,
+        t5_width=transformer.config.joint_attention_dim,
+        max_sequence_length=max_sequence_length,
+    )
     pooled_width = encoder.clip_l.config.projection_dim + encoder.clip_g.config.projection_dim
     if pooled_width != transformer.config.pooled_projection_dim:
-        raise ValueError(f"CLIP-L + CLIP-G projection dims ({pooled_width}) must equal the transformer's "
-                         f"pooled_projection_dim, got {transformer.config.pooled_projection_dim}")
+        raise ValueError(
+            f"CLIP-L + CLIP-G projection dims ({pooled_width}) must equal the transformer's "
+            f"pooled_projection_dim, got {transformer.config.pooled_projection_dim}"
+        )
     if vae.config.latent_channels != transformer.config.in_channels:
-        raise ValueError(f"vae latent_channels ({vae.config.latent_channels}) must equal the transformer's "
-                         f"in_channels, got {transformer.config.in_channels}")
+        raise ValueError(
+            f"vae latent_channels ({vae.config.latent_channels}) must equal the transformer's "
+            f"in_channels, got {transformer.config.in_channels}"
+        )
     latent_shape = _latent_shape(transformer, vae, resolution)
     return FlowPipeline(transformer, encoder, latent_shape, vae=_frozen(vae, device))

@@ -90,8 +90,9 @@ class TextEncoder(nn.Module):
         d = config.text_dim
         self.token_embedding = nn.Embedding(len(self.tokenizer), d)
         self.position_embedding = nn.Parameter(torch.randn(config.max_length, d) * 0.02)
-        layer = nn.TransformerEncoderLayer(d, config.heads, dim_feedforward=4 * d, dropout=0.0, activation="gelu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            d, config.heads, dim_feedforward=4 * d, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.pooled_projection = nn.Linear(d, config.pooled_dim)

@@ -23,9 +23,16 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def tiny_transformer_config(image_size: int | tuple[int, int], channels: int = 3, patch_size: int = 2,
-                            width: int = 128, layers: int = 6, heads: int = 2, text_dim: int = 128,
-                            pooled_dim: int = 128) -> dict:
+def tiny_transformer_config(
+    image_size: int | tuple[int, int],
+    channels: int = 3,
+    patch_size: int = 2,
+    width: int = 128,
+    layers: int = 6,
+    heads: int = 2,
+    text_dim: int = 128,
+    pooled_dim: int = 128,
+) -> dict:
     """Config for a small pixel-space `SD3Transformer2DModel` (in = out = `channels`, no VAE).
 
     `image_size` is `S` (square) or `(H, W)`; both sides must be multiples of `patch_size`. `width` must be a
@@ -95,9 +102,15 @@ def save_transformer(model: nn.Module, path: str | Path) -> None:
     model.save_pretrained(str(path), safe_serialization=True)
 
 
-def velocity(model: nn.Module, x: torch.Tensor, sigma: torch.Tensor | float, encoder_hidden_states: torch.Tensor,
-             pooled: torch.Tensor, guidance_scale: float = 1.0,
-             uncond: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+def velocity(
+    model: nn.Module,
+    x: torch.Tensor,
+    sigma: torch.Tensor | float,
+    encoder_hidden_states: torch.Tensor,
+    pooled: torch.Tensor,
+    guidance_scale: float = 1.0,
+    uncond: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Velocity `v [B, C, H, W]` at `x [B, C, H, W]`, noise level `sigma` (scalar or `[B]`), with optional CFG.
 
     `encoder_hidden_states [B, L, D]`, `pooled [B, P]`; `uncond = (ehs [1 or B, L, D], pooled [1 or B, P])` is the
@@ -111,15 +124,24 @@ def velocity(model: nn.Module, x: torch.Tensor, sigma: torch.Tensor | float, enc
         raise ValueError(f"sigma must be a scalar or [B]=[{b}], got {tuple(sigma.shape)}")
     timestep = sigma * 1000.0
     if guidance_scale == 1.0:
-        return model(hidden_states=x, encoder_hidden_states=encoder_hidden_states, pooled_projections=pooled,
-                     timestep=timestep, return_dict=False)[0]
+        return model(
+            hidden_states=x,
+            encoder_hidden_states=encoder_hidden_states,
+            pooled_projections=pooled,
+            timestep=timestep,
+            return_dict=False,
+        )[0]
     if uncond is None:
         raise ValueError(f"guidance_scale={guidance_scale} needs uncond=(encoder_hidden_states, pooled), got None")
     u_ehs, u_pooled = uncond
     u_ehs = u_ehs.expand(b, *encoder_hidden_states.shape[1:]).to(encoder_hidden_states.dtype)
     u_pooled = u_pooled.expand(b, *pooled.shape[1:]).to(pooled.dtype)
-    out = model(hidden_states=torch.cat([x, x]), encoder_hidden_states=torch.cat([u_ehs, encoder_hidden_states]),
-                pooled_projections=torch.cat([u_pooled, pooled]), timestep=torch.cat([timestep, timestep]),
-                return_dict=False)[0]
+    out = model(
+        hidden_states=torch.cat([x, x]),
+        encoder_hidden_states=torch.cat([u_ehs, encoder_hidden_states]),
+        pooled_projections=torch.cat([u_pooled, pooled]),
+        timestep=torch.cat([timestep, timestep]),
+        return_dict=False,
+    )[0]
     v_u, v_c = out.float().chunk(2)
     return (v_u + guidance_scale * (v_c - v_u)).to(out.dtype)

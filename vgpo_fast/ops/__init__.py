@@ -1,10 +1,10 @@
 """The fused ops of docs/spec.md section 6: reference, Triton and C++ implementations behind one dispatch.
 
-    sde_step             x, v, noise -> x_next, logp [B], x0_hat          (rollout, one pass)
-    sde_log_prob         x, v_theta, x_next [, v_ref] -> logp [B], kl [B]  (training, fused backward to v)
-    tcrm_adae            rewards [P, G, T] -> VGPO advantages, returns, omega, group stats
-    grpo_advantage       rewards [P, G] -> Flow-GRPO advantages
-    clipped_policy_loss  logp_new, logp_old, advantages [, kl] -> loss, clip_frac, approx_kl
+sde_step             x, v, noise -> x_next, logp [B], x0_hat          (rollout, one pass)
+sde_log_prob         x, v_theta, x_next [, v_ref] -> logp [B], kl [B]  (training, fused backward to v)
+tcrm_adae            rewards [P, G, T] -> VGPO advantages, returns, omega, group stats
+grpo_advantage       rewards [P, G] -> Flow-GRPO advantages
+clipped_policy_loss  logp_new, logp_old, advantages [, kl] -> loss, clip_frac, approx_kl
 """
 
 from ._backend import available_backends, resolve_backend

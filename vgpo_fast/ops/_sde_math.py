@@ -9,8 +9,9 @@ import torch
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
-def sde_terms(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, a: float,
-              sde_type: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sde_terms(
+    x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, a: float, sde_type: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`(mean, std, scale)` of the step sigma -> sigma_next.
 
     x, v: `[B, ...]` in the compute dtype; sigma, sigma_next: `[B, 1, ...]` broadcastable. Returns mean like x,

@@ -45,8 +45,9 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
     return value
 
 
-def check_number(name: str, value: float, *, low: float | None = None, high: float | None = None,
-                 low_open: bool = False) -> float:
+def check_number(
+    name: str, value: float, *, low: float | None = None, high: float | None = None, low_open: bool = False
+) -> float:
     """`value` is a finite real number in [low, high] (or (low, high] with `low_open`)."""
     if isinstance(value, torch.Tensor):
         raise ValueError(f"{name} must be a Python number, got a tensor")
@@ -65,13 +66,15 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def per_sample(name: str, value: float | torch.Tensor, batch: int, device: torch.device,
-               dtype: torch.dtype) -> torch.Tensor:
+def per_sample(
+    name: str, value: float | torch.Tensor, batch: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     """A scalar or a `[B]`-like tensor (any shape with 1 or B elements) as a contiguous `[B]` tensor."""
     if isinstance(value, torch.Tensor):
         if value.numel() not in (1, batch):
-            raise ValueError(f"{name} must be a scalar or have {batch} elements (one per sample), "
-                             f"got shape {tuple(value.shape)}")
+            raise ValueError(
+                f"{name} must be a scalar or have {batch} elements (one per sample), got shape {tuple(value.shape)}"
+            )
         if value.device != device and value.numel() > 1 and value.device.type != "cpu":
             raise ValueError(f"{name} is on {value.device} but the latents are on {device}")
         return value.detach().reshape(-1).to(device=device, dtype=dtype).expand(batch).contiguous()
@@ -101,8 +104,9 @@ def _check_sigma_floats(sigma: float, sigma_next: float) -> None:
         raise ValueError(f"sigma_next must lie in [0, sigma), got sigma={sigma}, sigma_next={sigma_next}")
 
 
-def step_sigmas(sigma: float | torch.Tensor, sigma_next: float | torch.Tensor,
-                x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def step_sigmas(
+    sigma: float | torch.Tensor, sigma_next: float | torch.Tensor, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(sigma, sigma_next) of a step on latents `x [B, ...]` as `[B]` tensors in x's compute dtype.
 
     Python floats are range-checked here; tensors inside the op, where a check causes no graph break.
@@ -110,5 +114,7 @@ def step_sigmas(sigma: float | torch.Tensor, sigma_next: float | torch.Tensor,
     if not isinstance(sigma, torch.Tensor) and not isinstance(sigma_next, torch.Tensor):
         check_sigmas(sigma, sigma_next)
     batch, cdt = x.shape[0], compute_dtype(x.dtype)
-    return (per_sample("sigma", sigma, batch, x.device, cdt),
-            per_sample("sigma_next", sigma_next, batch, x.device, cdt))
+    return (
+        per_sample("sigma", sigma, batch, x.device, cdt),
+        per_sample("sigma_next", sigma_next, batch, x.device, cdt),
+    )

@@ -25,9 +25,14 @@ class PolicyLossOutput(NamedTuple):
     approx_kl: torch.Tensor  # [] mean of 0.5 (logp_new - logp_old)^2
 
 
-def clipped_policy_loss_reference(logp_new: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,
-                                  kl: torch.Tensor | None = None, clip: float = 1e-4,
-                                  beta: float = 0.0) -> PolicyLossOutput:
+def clipped_policy_loss_reference(
+    logp_new: torch.Tensor,
+    logp_old: torch.Tensor,
+    advantages: torch.Tensor,
+    kl: torch.Tensor | None = None,
+    clip: float = 1e-4,
+    beta: float = 0.0,
+) -> PolicyLossOutput:
     """docs/spec.md section 5.3 in plain torch; all tensors of one shape (e.g. `[B]` or `[B, steps]`)."""
     cdt = compute_dtype(logp_new.dtype)
     log_ratio = logp_new.to(cdt) - logp_old.to(cdt)
@@ -40,9 +45,14 @@ def clipped_policy_loss_reference(logp_new: torch.Tensor, logp_old: torch.Tensor
     return PolicyLossOutput(per_entry.mean(), clip_frac, 0.5 * (log_ratio**2).mean())
 
 
-def clipped_policy_loss_backward_reference(grad_loss: torch.Tensor, logp_new: torch.Tensor,
-                                           logp_old: torch.Tensor, advantages: torch.Tensor, clip: float,
-                                           beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_policy_loss_backward_reference(
+    grad_loss: torch.Tensor,
+    logp_new: torch.Tensor,
+    logp_old: torch.Tensor,
+    advantages: torch.Tensor,
+    clip: float,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Closed-form `(d loss/d logp_new, d loss/d kl)`: the unclipped branch's -A ratio where it is the max."""
     cdt = compute_dtype(logp_new.dtype)
     ratio = torch.exp(logp_new.to(cdt) - logp_old.to(cdt))
@@ -54,8 +64,15 @@ def clipped_policy_loss_backward_reference(grad_loss: torch.Tensor, logp_new: to
 
 
 @torch.library.custom_op("vgpo_fast::clipped_policy_loss", mutates_args=())
-def _loss_op(logp_new: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, kl: torch.Tensor | None,
-             clip: float, beta: float, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _loss_op(
+    logp_new: torch.Tensor,
+    logp_old: torch.Tensor,
+    advantages: torch.Tensor,
+    kl: torch.Tensor | None,
+    clip: float,
+    beta: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if backend == "reference":
         return tuple(clipped_policy_loss_reference(logp_new, logp_old, advantages, kl, clip, beta))
     fwd = launcher(backend, _triton_kernels, "clipped_policy_loss_fwd")
@@ -69,9 +86,16 @@ def _(logp_new, logp_old, advantages, kl, clip, beta, backend):
 
 
 @torch.library.custom_op("vgpo_fast::clipped_policy_loss_backward", mutates_args=())
-def _loss_backward_op(grad_loss: torch.Tensor, logp_new: torch.Tensor, logp_old: torch.Tensor,
-                      advantages: torch.Tensor, clip: float, beta: float, has_kl: bool,
-                      backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _loss_backward_op(
+    grad_loss: torch.Tensor,
+    logp_new: torch.Tensor,
+    logp_old: torch.Tensor,
+    advantages: torch.Tensor,
+    clip: float,
+    beta: float,
+    has_kl: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     if backend == "reference":
         return clipped_policy_loss_backward_reference(grad_loss, logp_new, logp_old, advantages, clip, beta)
     bwd = launcher(backend, _triton_kernels, "clipped_policy_loss_bwd")
@@ -93,16 +117,24 @@ def _backward(ctx, grad_loss: torch.Tensor, _grad_clip_frac, _grad_approx_kl):
     logp_new, logp_old, advantages = ctx.saved_tensors
     clip, beta, has_kl, backend = ctx.options
     grad_logp, grad_kl = torch.ops.vgpo_fast.clipped_policy_loss_backward(
-        grad_loss, logp_new, logp_old, advantages, clip, beta, has_kl, backend)
+        grad_loss, logp_new, logp_old, advantages, clip, beta, has_kl, backend
+    )
     return grad_logp, None, None, (grad_kl if has_kl else None), None, None, None
 
 
 torch.library.register_autograd("vgpo_fast::clipped_policy_loss", _backward, setup_context=_setup_context)
 
 
-def clipped_policy_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,
-                        kl: torch.Tensor | None = None, *, clip: float = 1e-4, beta: float = 0.0,
-                        backend: str | None = None) -> PolicyLossOutput:
+def clipped_policy_loss(
+    logp_new: torch.Tensor,
+    logp_old: torch.Tensor,
+    advantages: torch.Tensor,
+    kl: torch.Tensor | None = None,
+    *,
+    clip: float = 1e-4,
+    beta: float = 0.0,
+    backend: str | None = None,
+) -> PolicyLossOutput:
     """PPO-clip loss averaged over all entries, with `beta * kl`; gradients flow to logp_new and kl.
 
     logp_old and advantages are constants of the update (their gradients are zero by definition of PPO).
@@ -123,5 +155,4 @@ def clipped_policy_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, advantag
     chosen = resolve_backend(backend, logp_new.device, cdt)
     flat = [t.reshape(-1).to(cdt).contiguous() for t in (logp_new, logp_old.detach(), advantages.detach())]
     kl_flat = None if kl is None else kl.reshape(-1).to(cdt).contiguous()
-    return PolicyLossOutput(*torch.ops.vgpo_fast.clipped_policy_loss(*flat, kl_flat, float(clip), float(beta),
-                                                                     chosen))
+    return PolicyLossOutput(*torch.ops.vgpo_fast.clipped_policy_loss(*flat, kl_flat, float(clip), float(beta), chosen))

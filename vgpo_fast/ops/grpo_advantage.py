@@ -19,8 +19,9 @@ def _triton_kernels() -> ModuleType:
     return kernels
 
 
-def grpo_advantage_reference(rewards: torch.Tensor, eps: float = 1e-4, adv_clip: float = 5.0,
-                             global_std: bool = False) -> torch.Tensor:
+def grpo_advantage_reference(
+    rewards: torch.Tensor, eps: float = 1e-4, adv_clip: float = 5.0, global_std: bool = False
+) -> torch.Tensor:
     """A = clamp((r - mu_p) / (s + eps), -adv_clip, adv_clip) for rewards `[P, G]`; s per group or global."""
     r = rewards.to(compute_dtype(rewards.dtype))
     mu = r.mean(dim=1, keepdim=True)
@@ -28,8 +29,9 @@ def grpo_advantage_reference(rewards: torch.Tensor, eps: float = 1e-4, adv_clip:
     return ((r - mu) / (s + eps)).clamp(-adv_clip, adv_clip)
 
 
-def _grpo_advantage_impl(rewards: torch.Tensor, eps: float, adv_clip: float, global_std: bool,
-                       backend: str) -> torch.Tensor:
+def _grpo_advantage_impl(
+    rewards: torch.Tensor, eps: float, adv_clip: float, global_std: bool, backend: str
+) -> torch.Tensor:
     check_finite_rewards("rewards", rewards)
     if backend == "reference":
         return grpo_advantage_reference(rewards, eps, adv_clip, global_std)
@@ -45,8 +47,14 @@ def _(rewards, eps, adv_clip, global_std, backend):
     return rewards.new_empty(rewards.shape, dtype=compute_dtype(rewards.dtype))
 
 
-def grpo_advantage(rewards: torch.Tensor, *, eps: float = 1e-4, adv_clip: float = 5.0, global_std: bool = False,
-                   backend: str | None = None) -> torch.Tensor:
+def grpo_advantage(
+    rewards: torch.Tensor,
+    *,
+    eps: float = 1e-4,
+    adv_clip: float = 5.0,
+    global_std: bool = False,
+    backend: str | None = None,
+) -> torch.Tensor:
     """Flow-GRPO advantages `[P, G]` from terminal rewards `[P, G]` (G >= 2), float32."""
     check_tensor("rewards", rewards, ndim=2)
     if rewards.shape[0] < 1 or rewards.shape[1] < 2:
@@ -54,8 +62,9 @@ def grpo_advantage(rewards: torch.Tensor, *, eps: float = 1e-4, adv_clip: float 
     check_number("eps", eps, low=0.0, low_open=True)
     check_number("adv_clip", adv_clip, low=0.0, low_open=True)
     chosen = resolve_backend(backend, rewards.device, rewards.dtype)
-    return _dispatch_grpo_advantage(rewards.detach().contiguous(), float(eps), float(adv_clip),
-                                              bool(global_std), chosen)
+    return _dispatch_grpo_advantage(
+        rewards.detach().contiguous(), float(eps), float(adv_clip), bool(global_std), chosen
+    )
 
 
 def _dispatch_grpo_advantage(*args):

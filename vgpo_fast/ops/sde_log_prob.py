@@ -40,10 +40,18 @@ class LogProbOutput(NamedTuple):
     kl: torch.Tensor  # [B]; zeros when no v_ref was given
 
 
-def sde_log_prob_reference(x: torch.Tensor, v: torch.Tensor, x_next: torch.Tensor, sigma: torch.Tensor,
-                           sigma_next: torch.Tensor, v_ref: torch.Tensor | None = None, a: float = 0.7,
-                           sde_type: str = "flow_grpo", reduce: str = "mean",
-                           kl_form: str = "scale") -> LogProbOutput:
+def sde_log_prob_reference(
+    x: torch.Tensor,
+    v: torch.Tensor,
+    x_next: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    v_ref: torch.Tensor | None = None,
+    a: float = 0.7,
+    sde_type: str = "flow_grpo",
+    reduce: str = "mean",
+    kl_form: str = "scale",
+) -> LogProbOutput:
     """docs/spec.md sections 2.4 and 5.2 in plain torch (differentiable in v). Tensors `[B, ...]`; sigmas `[B]`."""
     cdt = compute_dtype(x.dtype)
     view = (-1,) + (1,) * (x.dim() - 1)
@@ -59,10 +67,20 @@ def sde_log_prob_reference(x: torch.Tensor, v: torch.Tensor, x_next: torch.Tenso
     return LogProbOutput(logp, kl)
 
 
-def sde_log_prob_backward_reference(grad_logp: torch.Tensor, grad_kl: torch.Tensor, x: torch.Tensor,
-                                    v: torch.Tensor, x_next: torch.Tensor, v_ref: torch.Tensor | None,
-                                    sigma: torch.Tensor, sigma_next: torch.Tensor, a: float, sde_type: str,
-                                    reduce: str, kl_form: str) -> torch.Tensor:
+def sde_log_prob_backward_reference(
+    grad_logp: torch.Tensor,
+    grad_kl: torch.Tensor,
+    x: torch.Tensor,
+    v: torch.Tensor,
+    x_next: torch.Tensor,
+    v_ref: torch.Tensor | None,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    a: float,
+    sde_type: str,
+    reduce: str,
+    kl_form: str,
+) -> torch.Tensor:
     """d(grad_logp . logp + grad_kl . kl)/dv in closed form (docs/spec.md section 5.4), in v's dtype.
 
     grad_v = w c_v (grad_logp (x_next - mean) / scale^2 + grad_kl (mean - mean_ref) / variance), with
@@ -82,16 +100,27 @@ def sde_log_prob_backward_reference(grad_logp: torch.Tensor, grad_kl: torch.Tens
 
 
 @torch.library.custom_op("vgpo_fast::sde_log_prob", mutates_args=())
-def _sde_log_prob_op(x: torch.Tensor, v: torch.Tensor, x_next: torch.Tensor, v_ref: torch.Tensor | None,
-                     sigma: torch.Tensor, sigma_next: torch.Tensor, a: float, sde_type: str, reduce: str,
-                     kl_form: str, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _sde_log_prob_op(
+    x: torch.Tensor,
+    v: torch.Tensor,
+    x_next: torch.Tensor,
+    v_ref: torch.Tensor | None,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    a: float,
+    sde_type: str,
+    reduce: str,
+    kl_form: str,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     check_sigmas(sigma, sigma_next)
     _check_stochastic(sigma, sigma_next, a, sde_type)
     if backend == "reference":
         return tuple(sde_log_prob_reference(x, v, x_next, sigma, sigma_next, v_ref, a, sde_type, reduce, kl_form))
     fwd = launcher(backend, _triton_kernels, "sde_log_prob_fwd")
-    return tuple(fwd(x, v, x_next, v_ref, sigma, sigma_next, a, SDE_TYPES[sde_type], reduce == "mean",
-                     KL_FORMS[kl_form]))
+    return tuple(
+        fwd(x, v, x_next, v_ref, sigma, sigma_next, a, SDE_TYPES[sde_type], reduce == "mean", KL_FORMS[kl_form])
+    )
 
 
 @_sde_log_prob_op.register_fake
@@ -101,16 +130,40 @@ def _(x, v, x_next, v_ref, sigma, sigma_next, a, sde_type, reduce, kl_form, back
 
 
 @torch.library.custom_op("vgpo_fast::sde_log_prob_backward", mutates_args=())
-def _sde_log_prob_backward_op(grad_logp: torch.Tensor, grad_kl: torch.Tensor, x: torch.Tensor, v: torch.Tensor,
-                              x_next: torch.Tensor, v_ref: torch.Tensor | None, sigma: torch.Tensor,
-                              sigma_next: torch.Tensor, a: float, sde_type: str, reduce: str, kl_form: str,
-                              backend: str) -> torch.Tensor:
+def _sde_log_prob_backward_op(
+    grad_logp: torch.Tensor,
+    grad_kl: torch.Tensor,
+    x: torch.Tensor,
+    v: torch.Tensor,
+    x_next: torch.Tensor,
+    v_ref: torch.Tensor | None,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    a: float,
+    sde_type: str,
+    reduce: str,
+    kl_form: str,
+    backend: str,
+) -> torch.Tensor:
     if backend == "reference":
-        return sde_log_prob_backward_reference(grad_logp, grad_kl, x, v, x_next, v_ref, sigma, sigma_next, a, sde_type,
-                                   reduce, kl_form)
+        return sde_log_prob_backward_reference(
+            grad_logp, grad_kl, x, v, x_next, v_ref, sigma, sigma_next, a, sde_type, reduce, kl_form
+        )
     bwd = launcher(backend, _triton_kernels, "sde_log_prob_bwd")
-    return bwd(grad_logp.float().contiguous(), grad_kl.float().contiguous(), x, v, x_next, v_ref, sigma,
-               sigma_next, a, SDE_TYPES[sde_type], reduce == "mean", KL_FORMS[kl_form])
+    return bwd(
+        grad_logp.float().contiguous(),
+        grad_kl.float().contiguous(),
+        x,
+        v,
+        x_next,
+        v_ref,
+        sigma,
+        sigma_next,
+        a,
+        SDE_TYPES[sde_type],
+        reduce == "mean",
+        KL_FORMS[kl_form],
+    )
 
 
 @_sde_log_prob_backward_op.register_fake
@@ -130,8 +183,9 @@ def _backward(ctx, grad_logp: torch.Tensor, grad_kl: torch.Tensor):
         grad_logp = torch.zeros(x.shape[0], device=x.device, dtype=compute_dtype(x.dtype))
     if grad_kl is None:
         grad_kl = torch.zeros_like(grad_logp)
-    grad_v = torch.ops.vgpo_fast.sde_log_prob_backward(grad_logp, grad_kl, x, v, x_next, v_ref, sigma,
-                                                       sigma_next, *ctx.options)
+    grad_v = torch.ops.vgpo_fast.sde_log_prob_backward(
+        grad_logp, grad_kl, x, v, x_next, v_ref, sigma, sigma_next, *ctx.options
+    )
     return None, grad_v, None, None, None, None, None, None, None, None, None
 
 
@@ -143,14 +197,26 @@ def _check_stochastic(sigma: torch.Tensor, sigma_next: torch.Tensor, a: float, s
     if a == 0:
         raise ValueError("a = 0 makes every step deterministic (scale 0): there is no log-probability to train on")
     if sde_type == "cps" and sigma_next.device.type != "cuda" and bool((sigma_next == 0).any()):
-        raise ValueError("sigma_next = 0 with sde_type='cps' is a deterministic step (scale 0): "
-                         "it has no log-probability and is never a training step")
+        raise ValueError(
+            "sigma_next = 0 with sde_type='cps' is a deterministic step (scale 0): "
+            "it has no log-probability and is never a training step"
+        )
 
 
-def sde_log_prob(x: torch.Tensor, v: torch.Tensor, x_next: torch.Tensor, sigma: float | torch.Tensor,
-                 sigma_next: float | torch.Tensor, *, v_ref: torch.Tensor | None = None, a: float = 0.7,
-                 sde_type: str = "flow_grpo", reduce: str = "mean", kl_form: str = "scale",
-                 backend: str | None = None) -> LogProbOutput:
+def sde_log_prob(
+    x: torch.Tensor,
+    v: torch.Tensor,
+    x_next: torch.Tensor,
+    sigma: float | torch.Tensor,
+    sigma_next: float | torch.Tensor,
+    *,
+    v_ref: torch.Tensor | None = None,
+    a: float = 0.7,
+    sde_type: str = "flow_grpo",
+    reduce: str = "mean",
+    kl_form: str = "scale",
+    backend: str | None = None,
+) -> LogProbOutput:
     """Log-probability `[B]` of the step `x -> x_next` under velocity `v` (and KL `[B]` to `v_ref`'s step).
 
     x, v, x_next, v_ref: `[B, ...]`, one dtype and device; only `v` may require grad. sigma, sigma_next: floats
@@ -167,14 +233,25 @@ def sde_log_prob(x: torch.Tensor, v: torch.Tensor, x_next: torch.Tensor, sigma: 
     check_number("a", a, low=0.0, high=1.0 if sde_type == "cps" else None)
     for name, t in (("x", x), ("x_next", x_next), ("v_ref", v_ref)):
         if t is not None and t.requires_grad:
-            raise ValueError(f"{name} requires grad, but gradients flow only through v (docs/spec.md section 5.4): "
-                             f"pass {name}.detach()")
+            raise ValueError(
+                f"{name} requires grad, but gradients flow only through v (docs/spec.md section 5.4): "
+                f"pass {name}.detach()"
+            )
     sig, sig_next = step_sigmas(sigma, sigma_next, x)
     batch = x.shape[0]
     chosen = resolve_backend(backend, x.device, x.dtype)
     flat = (batch, -1)
     logp, kl = torch.ops.vgpo_fast.sde_log_prob(
-        x.reshape(flat).contiguous(), v.reshape(flat).contiguous(), x_next.reshape(flat).contiguous(),
-        None if v_ref is None else v_ref.reshape(flat).contiguous(), sig, sig_next, float(a), sde_type, reduce,
-        kl_form, chosen)
+        x.reshape(flat).contiguous(),
+        v.reshape(flat).contiguous(),
+        x_next.reshape(flat).contiguous(),
+        None if v_ref is None else v_ref.reshape(flat).contiguous(),
+        sig,
+        sig_next,
+        float(a),
+        sde_type,
+        reduce,
+        kl_form,
+        chosen,
+    )
     return LogProbOutput(logp, kl)

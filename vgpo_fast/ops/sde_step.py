@@ -39,9 +39,16 @@ class SDEStepOutput(NamedTuple):
     x0_hat: torch.Tensor  # [B, ...] input dtype: x - sigma * v
 
 
-def sde_step_reference(x: torch.Tensor, v: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor,
-                       sigma_next: torch.Tensor, a: float = 0.7, sde_type: str = "flow_grpo",
-                       reduce: str = "mean") -> SDEStepOutput:
+def sde_step_reference(
+    x: torch.Tensor,
+    v: torch.Tensor,
+    noise: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    a: float = 0.7,
+    sde_type: str = "flow_grpo",
+    reduce: str = "mean",
+) -> SDEStepOutput:
     """docs/spec.md section 2 in plain torch. x, v, noise `[B, ...]`; sigma, sigma_next `[B]`."""
     cdt = compute_dtype(x.dtype)
     view = (-1,) + (1,) * (x.dim() - 1)
@@ -55,9 +62,17 @@ def sde_step_reference(x: torch.Tensor, v: torch.Tensor, noise: torch.Tensor, si
     return SDEStepOutput(x_next, logp, x0_hat)
 
 
-def _sde_step_impl(x: torch.Tensor, v: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor,
-                 sigma_next: torch.Tensor, a: float, sde_type: str, reduce: str,
-                 backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _sde_step_impl(
+    x: torch.Tensor,
+    v: torch.Tensor,
+    noise: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    a: float,
+    sde_type: str,
+    reduce: str,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     check_sigmas(sigma, sigma_next)
     if backend == "reference":
         return tuple(sde_step_reference(x, v, noise, sigma, sigma_next, a, sde_type, reduce))
@@ -73,9 +88,19 @@ def _(x, v, noise, sigma, sigma_next, a, sde_type, reduce, backend):
     return torch.empty_like(x), x.new_empty((x.shape[0],), dtype=compute_dtype(x.dtype)), torch.empty_like(x)
 
 
-def sde_step(x: torch.Tensor, v: torch.Tensor, sigma: float | torch.Tensor, sigma_next: float | torch.Tensor, *,
-             noise: torch.Tensor | None = None, generator: torch.Generator | None = None, a: float = 0.7,
-             sde_type: str = "flow_grpo", reduce: str = "mean", backend: str | None = None) -> SDEStepOutput:
+def sde_step(
+    x: torch.Tensor,
+    v: torch.Tensor,
+    sigma: float | torch.Tensor,
+    sigma_next: float | torch.Tensor,
+    *,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    a: float = 0.7,
+    sde_type: str = "flow_grpo",
+    reduce: str = "mean",
+    backend: str | None = None,
+) -> SDEStepOutput:
     """One SDE step sigma -> sigma_next of latents `x [B, ...]` with velocity `v [B, ...]`.
 
     sigma, sigma_next: floats or per-sample tensors (1 or B elements). `noise` (like x; cast to x's dtype) or a
@@ -88,8 +113,9 @@ def sde_step(x: torch.Tensor, v: torch.Tensor, sigma: float | torch.Tensor, sigm
     check_choice("reduce", reduce, REDUCES)
     check_number("a", a, low=0.0, high=1.0 if sde_type == "cps" else None)
     if v.requires_grad or x.requires_grad:
-        raise ValueError("sde_step is a sampling op without gradients: call it on detached x and v "
-                         "(training uses sde_log_prob)")
+        raise ValueError(
+            "sde_step is a sampling op without gradients: call it on detached x and v (training uses sde_log_prob)"
+        )
     if noise is None:
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     else:
@@ -102,8 +128,16 @@ def sde_step(x: torch.Tensor, v: torch.Tensor, sigma: float | torch.Tensor, sigm
     chosen = resolve_backend(backend, x.device, x.dtype)
     flat = (batch, -1)
     x_next, logp, x0_hat = _dispatch_sde_step(
-        x.reshape(flat).contiguous(), v.reshape(flat).contiguous(), noise.reshape(flat).contiguous(), sig,
-        sig_next, float(a), sde_type, reduce, chosen)
+        x.reshape(flat).contiguous(),
+        v.reshape(flat).contiguous(),
+        noise.reshape(flat).contiguous(),
+        sig,
+        sig_next,
+        float(a),
+        sde_type,
+        reduce,
+        chosen,
+    )
     return SDEStepOutput(x_next.view(x.shape), logp, x0_hat.view(x.shape))
 
 

@@ -32,8 +32,15 @@ class TCRMOutput(NamedTuple):
     omega_fallback_frac: torch.Tensor  # [] share of trajectories whose mean return <= eps
 
 
-def tcrm_adae_reference(rewards: torch.Tensor, gamma: float = 0.9, k: float = 0.1, eps: float = 1e-4,
-                        adv_clip: float = 5.0, omega: bool = True, global_std: bool = False) -> TCRMOutput:
+def tcrm_adae_reference(
+    rewards: torch.Tensor,
+    gamma: float = 0.9,
+    k: float = 0.1,
+    eps: float = 1e-4,
+    adv_clip: float = 5.0,
+    omega: bool = True,
+    global_std: bool = False,
+) -> TCRMOutput:
     """docs/spec.md section 4 in plain torch. rewards `[P, G, T]` in sampling order (step 0 first)."""
     R = rewards.to(compute_dtype(rewards.dtype))
     Q = torch.empty_like(R)
@@ -62,14 +69,23 @@ def check_finite_rewards(name: str, rewards: torch.Tensor) -> None:
     if bool(bad.any()):
         index = [int(i) for i in bad.nonzero()[0]]
         where = ", ".join(f"{axis}={i}" for axis, i in zip("pgt", index, strict=False))
-        raise ValueError(f"{name}[{where}] is {rewards[tuple(index)].item()} (prompt group {index[0]}): "
-                         f"non-finite rewards are rejected; drop the group or fix the reward "
-                         f"({int(bad.sum())} non-finite of {rewards.numel()})")
+        raise ValueError(
+            f"{name}[{where}] is {rewards[tuple(index)].item()} (prompt group {index[0]}): "
+            f"non-finite rewards are rejected; drop the group or fix the reward "
+            f"({int(bad.sum())} non-finite of {rewards.numel()})"
+        )
 
 
-def _tcrm_adae_impl(rewards: torch.Tensor, gamma: float, k: float, eps: float, adv_clip: float, omega: bool,
-                  global_std: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                                        torch.Tensor, torch.Tensor]:
+def _tcrm_adae_impl(
+    rewards: torch.Tensor,
+    gamma: float,
+    k: float,
+    eps: float,
+    adv_clip: float,
+    omega: bool,
+    global_std: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     check_finite_rewards("rewards", rewards)
     if backend == "reference":
         return tuple(tcrm_adae_reference(rewards, gamma, k, eps, adv_clip, omega, global_std))
@@ -86,13 +102,27 @@ def _(rewards, gamma, k, eps, adv_clip, omega, global_std, backend):
     cdt = compute_dtype(rewards.dtype)
     full = rewards.new_empty(rewards.shape, dtype=cdt)
     group = rewards.new_empty((rewards.shape[0], rewards.shape[2]), dtype=cdt)
-    return full, torch.empty_like(full), torch.empty_like(full), group, torch.empty_like(group), \
-        rewards.new_empty((), dtype=cdt)
+    return (
+        full,
+        torch.empty_like(full),
+        torch.empty_like(full),
+        group,
+        torch.empty_like(group),
+        rewards.new_empty((), dtype=cdt),
+    )
 
 
-def tcrm_adae(rewards: torch.Tensor, *, gamma: float = 0.9, k: float = 0.1, eps: float = 1e-4,
-              adv_clip: float = 5.0, omega: bool = True, global_std: bool = False,
-              backend: str | None = None) -> TCRMOutput:
+def tcrm_adae(
+    rewards: torch.Tensor,
+    *,
+    gamma: float = 0.9,
+    k: float = 0.1,
+    eps: float = 1e-4,
+    adv_clip: float = 5.0,
+    omega: bool = True,
+    global_std: bool = False,
+    backend: str | None = None,
+) -> TCRMOutput:
     """VGPO advantages `[P, G, T]` from instant rewards `rewards [P, G, T]` (P prompts, G >= 2 samples, T steps).
 
     gamma: discount in [0, 1]; k >= 0: weight of the absolute term; eps > 0: std floor and omega's threshold;
@@ -107,9 +137,18 @@ def tcrm_adae(rewards: torch.Tensor, *, gamma: float = 0.9, k: float = 0.1, eps:
     check_number("eps", eps, low=0.0, low_open=True)
     check_number("adv_clip", adv_clip, low=0.0, low_open=True)
     chosen = resolve_backend(backend, rewards.device, rewards.dtype)
-    return TCRMOutput(*_dispatch_tcrm_adae(rewards.detach().contiguous(), float(gamma), float(k),
-                                                     float(eps), float(adv_clip), bool(omega), bool(global_std),
-                                                     chosen))
+    return TCRMOutput(
+        *_dispatch_tcrm_adae(
+            rewards.detach().contiguous(),
+            float(gamma),
+            float(k),
+            float(eps),
+            float(adv_clip),
+            bool(omega),
+            bool(global_std),
+            chosen,
+        )
+    )
 
 
 def _dispatch_tcrm_adae(*args):

@@ -35,8 +35,10 @@ def to_uint8_images(images: Any) -> np.ndarray:
             raise ValueError("images is an empty sequence")
         not_pil = [im for im in images if not hasattr(im, "convert")]
         if not_pil:
-            raise ValueError(f"images must be a tensor, an array or a list of PIL images, got a list holding "
-                             f"{type(not_pil[0]).__name__}")
+            raise ValueError(
+                f"images must be a tensor, an array or a list of PIL images, got a list holding "
+                f"{type(not_pil[0]).__name__}"
+            )
         arrays = [np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images]
         if len({a.shape for a in arrays}) != 1:
             raise ValueError(f"images must all have one size, got {sorted({a.shape for a in arrays})}")
@@ -104,8 +106,10 @@ class RewardModel(ABC):
         bad = np.flatnonzero(~np.isfinite(scores))
         if bad.size and self.nonfinite == "raise":
             i = int(bad[0])
-            raise RewardError(f"reward {self.name!r} returned {scores[i]} for prompt {prompts[i]!r} (image {i}); "
-                              f"{bad.size} non-finite of {scores.size}")
+            raise RewardError(
+                f"reward {self.name!r} returned {scores[i]} for prompt {prompts[i]!r} (image {i}); "
+                f"{bad.size} non-finite of {scores.size}"
+            )
         scores[bad] = np.nan  # "drop": one marker (NaN) for every non-finite score, for finite_group_mask
         return torch.from_numpy(scores.astype(np.float32))
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # the module imports no torch, so that `reward-server --help`
 
 __all__ = ["BatchStats", "MicroBatcher", "RequestFailed"]
 
+
 class RequestFailed(Exception):
     """The reward raised while scoring one request; carries the message for the client (HTTP 422)."""
 
@@ -61,10 +62,16 @@ class BatchStats:
 
     def as_dict(self) -> dict[str, Any]:
         mean = self.images / self.batches if self.batches else 0.0
-        return {"batches": self.batches, "requests": self.requests, "images": self.images,
-                "max_batch_images": self.max_batch_images, "max_batch_requests": self.max_batch_requests,
-                "mean_batch_images": round(mean, 3), "failed_batches": self.failed_batches,
-                "score_seconds": round(self.score_seconds, 6)}
+        return {
+            "batches": self.batches,
+            "requests": self.requests,
+            "images": self.images,
+            "max_batch_images": self.max_batch_images,
+            "max_batch_requests": self.max_batch_requests,
+            "mean_batch_images": round(mean, 3),
+            "failed_batches": self.failed_batches,
+            "score_seconds": round(self.score_seconds, 6),
+        }
 
 
 class MicroBatcher:
@@ -199,16 +206,22 @@ class MicroBatcher:
             return
         offset = 0
         for p in batch:
-            timing = {"queue_ms": (start - p.enqueued) * 1e3, "score_ms": elapsed * 1e3,
-                      "batch_images": images, "batch_requests": len(batch)}
-            p.future.set_result((scores[offset:offset + p.size], timing))
+            timing = {
+                "queue_ms": (start - p.enqueued) * 1e3,
+                "score_ms": elapsed * 1e3,
+                "batch_images": images,
+                "batch_requests": len(batch),
+            }
+            p.future.set_result((scores[offset : offset + p.size], timing))
             offset += p.size
 
     def _failure(self, p: _Pending, exc: Exception) -> RequestFailed:
         prompts = p.request.prompts
         shown = f"{prompts[:3]!r}"[:-1] + (", ...]" if len(prompts) > 3 else "]")
-        return RequestFailed(f"reward {self.reward.name!r} failed on request {p.request.request_id} "
-                             f"(prompts {shown}): {type(exc).__name__}: {exc}")
+        return RequestFailed(
+            f"reward {self.reward.name!r} failed on request {p.request.request_id} "
+            f"(prompts {shown}): {type(exc).__name__}: {exc}"
+        )
 
     def _score_alone(self, p: _Pending) -> None:
         start = time.perf_counter()
@@ -217,8 +230,12 @@ class MicroBatcher:
         except Exception as exc:
             p.future.set_exception(self._failure(p, exc))
             return
-        timing = {"queue_ms": (start - p.enqueued) * 1e3, "score_ms": (time.perf_counter() - start) * 1e3,
-                  "batch_images": p.size, "batch_requests": 1}
+        timing = {
+            "queue_ms": (start - p.enqueued) * 1e3,
+            "score_ms": (time.perf_counter() - start) * 1e3,
+            "batch_images": p.size,
+            "batch_requests": 1,
+        }
         p.future.set_result((scores, timing))
 
     def _score_images(self, requests: list[ScoreRequest]) -> np.ndarray:
@@ -231,6 +248,7 @@ class MicroBatcher:
         prompts = [p for r in requests for p in r.prompts]
         scores = np.asarray(self.reward._score(images, prompts), dtype=np.float64).reshape(-1)
         if scores.shape[0] != images.shape[0]:
-            raise RuntimeError(f"reward {self.reward.name!r} returned {scores.shape[0]} scores for "
-                               f"{images.shape[0]} images")
+            raise RuntimeError(
+                f"reward {self.reward.name!r} returned {scores.shape[0]} scores for {images.shape[0]} images"
+            )
         return scores.astype(np.float32)

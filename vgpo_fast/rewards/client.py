@@ -98,10 +98,20 @@ class RewardClient(RewardModel):
     (less to send over a network, more CPU); down_s: how long a server that refused a connection is avoided.
     """
 
-    def __init__(self, urls: str | Sequence[str], token: str | None = None, connect_timeout: float = 5.0,
-                 read_timeout: float = 300.0, attempts: int = 3, backoff_s: float = 0.1,
-                 max_backoff_s: float = 5.0, max_in_flight: int = 4, encoding: Encoding = "raw",
-                 down_s: float = 5.0, nonfinite: NonFinitePolicy = "raise") -> None:
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        token: str | None = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 300.0,
+        attempts: int = 3,
+        backoff_s: float = 0.1,
+        max_backoff_s: float = 5.0,
+        max_in_flight: int = 4,
+        encoding: Encoding = "raw",
+        down_s: float = 5.0,
+        nonfinite: NonFinitePolicy = "raise",
+    ) -> None:
         super().__init__(nonfinite)
         url_list = [urls] if isinstance(urls, str) else list(urls)
         if not url_list:
@@ -128,8 +138,9 @@ class RewardClient(RewardModel):
         self.down_s = float(down_s)
         # Room for threads calling `score` directly as well as the `submit` pool, so that no connection is
         # opened and thrown away per request.
-        self._http = urllib3.PoolManager(num_pools=len(self.urls) + 1,
-                                         maxsize=max(16, 2 * self.max_in_flight), retries=False)
+        self._http = urllib3.PoolManager(
+            num_pools=len(self.urls) + 1, maxsize=max(16, 2 * self.max_in_flight), retries=False
+        )
         self._lock = threading.Lock()
         self._load = dict.fromkeys(self.urls, 0)  # requests in flight per server
         self._down_until = dict.fromkeys(self.urls, 0.0)
@@ -188,10 +199,13 @@ class RewardClient(RewardModel):
         if "max_request_bytes" in limits:  # by raw size for PNG too: PNG is rarely larger
             chunk = min(chunk, (int(limits["max_request_bytes"]) - _HEADER_SLACK) // per_image)
         if chunk < 1:
-            raise RewardError(f"one image of shape {images.shape[1:]} is over the reward server's request "
-                              f"limit of {limits.get('max_request_bytes')} bytes")
-        parts = [self._score_chunk(images[i:i + chunk], prompts[i:i + chunk])
-                 for i in range(0, images.shape[0], chunk)]
+            raise RewardError(
+                f"one image of shape {images.shape[1:]} is over the reward server's request "
+                f"limit of {limits.get('max_request_bytes')} bytes"
+            )
+        parts = [
+            self._score_chunk(images[i : i + chunk], prompts[i : i + chunk]) for i in range(0, images.shape[0], chunk)
+        ]
         return np.concatenate(parts)
 
     def _score_chunk(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
@@ -204,12 +218,14 @@ class RewardClient(RewardModel):
         except WireError as exc:
             raise RewardError(f"reward server {url} sent a bad reply: {exc}") from None
         if reply.get("id") != request_id:
-            raise RewardError(f"reward server {url} answered request {request_id} with the reply to "
-                              f"{reply.get('id')!r}")
+            raise RewardError(
+                f"reward server {url} answered request {request_id} with the reply to {reply.get('id')!r}"
+            )
         info = self._ensure_info()
         if reply.get("reward") != info["reward"]:
-            raise RewardError(f"reward servers disagree: {url} serves {reply.get('reward')!r}, "
-                              f"another serves {info['reward']!r}")
+            raise RewardError(
+                f"reward servers disagree: {url} serves {reply.get('reward')!r}, another serves {info['reward']!r}"
+            )
         self._local.timing = reply.get("timing")
         return scores
 
@@ -219,8 +235,9 @@ class RewardClient(RewardModel):
             raise ValueError(f"prompts must be a sequence of strings, one per image, got a str: {prompts!r}")
         with self._executor_lock:
             if self._executor is None:
-                self._executor = cf.ThreadPoolExecutor(max_workers=self.max_in_flight,
-                                                       thread_name_prefix="reward-client")
+                self._executor = cf.ThreadPoolExecutor(
+                    max_workers=self.max_in_flight, thread_name_prefix="reward-client"
+                )
         return self._executor.submit(self.score, images, list(prompts))
 
     def close(self) -> None:
@@ -240,8 +257,9 @@ class RewardClient(RewardModel):
             self._load[url] += 1
         return url
 
-    def _request(self, method: str, path: str, body: list[bytes | memoryview] | None,
-                 only: str | None = None) -> tuple[str, bytes]:
+    def _request(
+        self, method: str, path: str, body: list[bytes | memoryview] | None, only: str | None = None
+    ) -> tuple[str, bytes]:
         """(server URL, reply body) of a 2xx reply; raises `RewardError` on 4xx or after the last attempt."""
         headers = {}
         if body is not None:
@@ -276,14 +294,22 @@ class RewardClient(RewardModel):
         servers = list(dict.fromkeys(tried))
         where = f"reward server {servers[0]}" if len(servers) == 1 else f"reward servers {', '.join(servers)}"
         last = "" if len(servers) == 1 else f"last: {tried[-1]}: "
-        raise RewardError(f"{where} unreachable after {self.attempts} attempt{'s' * (self.attempts > 1)} "
-                          f"({last}{reason})")
+        raise RewardError(
+            f"{where} unreachable after {self.attempts} attempt{'s' * (self.attempts > 1)} ({last}{reason})"
+        )
 
-    def _attempt(self, method: str, url: str, body: list[bytes | memoryview] | None, headers: dict[str, str],
-                 timeout: urllib3.Timeout) -> bytes:
+    def _attempt(
+        self,
+        method: str,
+        url: str,
+        body: list[bytes | memoryview] | None,
+        headers: dict[str, str],
+        timeout: urllib3.Timeout,
+    ) -> bytes:
         try:
-            reply = self._http.request(method, url, body=body, headers=headers, timeout=timeout,
-                                       retries=False, redirect=False)
+            reply = self._http.request(
+                method, url, body=body, headers=headers, timeout=timeout, retries=False, redirect=False
+            )
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             reason, connect_failed = _describe(exc, self.read_timeout)
             raise _Retryable(reason, connect_failed) from exc

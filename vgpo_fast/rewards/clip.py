@@ -26,8 +26,10 @@ from vgpo_fast.rewards.base import NonFinitePolicy, RewardModel
 def _local_dir(path: str | Path, argument: str) -> Path:
     directory = Path(path).expanduser()
     if not directory.is_dir():
-        raise ValueError(f"{argument} must be an existing local directory (CLIP rewards never download weights; "
-                         f"save them there with save_pretrained), got {str(path)!r}")
+        raise ValueError(
+            f"{argument} must be an existing local directory (CLIP rewards never download weights; "
+            f"save them there with save_pretrained), got {str(path)!r}"
+        )
     return directory
 
 
@@ -56,8 +58,10 @@ class _CLIPSimilarity(RewardModel):
         model_path = _local_dir(model_dir, "model_dir")
         processor_path = model_path if processor_dir is None else _local_dir(processor_dir, "processor_dir")
         if not (model_path / "config.json").is_file():
-            raise ValueError(f"model_dir must hold a transformers CLIPModel (config.json + weights), "
-                             f"found no config.json in {str(model_path)!r}")
+            raise ValueError(
+                f"model_dir must hold a transformers CLIPModel (config.json + weights), "
+                f"found no config.json in {str(model_path)!r}"
+            )
         self.device = torch.device(device)
         self.dtype = dtype
         self.batch_size = batch_size
@@ -67,8 +71,9 @@ class _CLIPSimilarity(RewardModel):
         self.tokenizer = processor.tokenizer
         self.image_processor = processor.image_processor
         # Fixed-length padding (as PickScore does) so a prompt's tokens never depend on its batch.
-        self.max_length = int(min(self.tokenizer.model_max_length,
-                                  self.model.config.text_config.max_position_embeddings))
+        self.max_length = int(
+            min(self.tokenizer.model_max_length, self.model.config.text_config.max_position_embeddings)
+        )
 
     @torch.inference_mode()
     def cosine(self, images: np.ndarray, prompts: list[str]) -> torch.Tensor:
@@ -76,13 +81,19 @@ class _CLIPSimilarity(RewardModel):
         out = []
         for start in range(0, len(prompts), self.batch_size):
             chunk = slice(start, start + self.batch_size)
-            pixels = self.image_processor(images=list(images[chunk]), input_data_format="channels_last",
-                                          return_tensors="pt")["pixel_values"]
-            tokens = self.tokenizer(prompts[chunk], padding="max_length", max_length=self.max_length,
-                                    truncation=True, return_tensors="pt")
+            pixels = self.image_processor(
+                images=list(images[chunk]), input_data_format="channels_last", return_tensors="pt"
+            )["pixel_values"]
+            tokens = self.tokenizer(
+                prompts[chunk], padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+            )
             image_emb = _pooled(self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype)))
-            text_emb = _pooled(self.model.get_text_features(input_ids=tokens["input_ids"].to(self.device),
-                                                            attention_mask=tokens["attention_mask"].to(self.device)))
+            text_emb = _pooled(
+                self.model.get_text_features(
+                    input_ids=tokens["input_ids"].to(self.device),
+                    attention_mask=tokens["attention_mask"].to(self.device),
+                )
+            )
             image_emb = torch.nn.functional.normalize(image_emb.float(), dim=-1)
             text_emb = torch.nn.functional.normalize(text_emb.float(), dim=-1)
             out.append((image_emb * text_emb).sum(dim=-1).cpu())

@@ -134,18 +134,20 @@ class OCRReward(RewardModel):
         paths = bundled_models()
         # rapidocr ignores thread counts above the core count; clamp so the setting always takes effect.
         threads = -1 if num_threads is None else min(num_threads, os.cpu_count() or 1)
-        return RapidOCR(params={
-            "Global.log_level": "error",
-            "Global.text_score": self.min_confidence,
-            "Det.model_path": str(paths["det"]),
-            "Rec.model_path": str(paths["rec"]),
-            "Cls.model_path": str(paths["cls"]),
-            "Rec.rec_batch_num": rec_batch_size,
-            "Det.limit_type": "max",
-            "Det.limit_side_len": det_max_side,
-            "EngineConfig.onnxruntime.intra_op_num_threads": threads,
-            "EngineConfig.onnxruntime.inter_op_num_threads": 1,
-        })
+        return RapidOCR(
+            params={
+                "Global.log_level": "error",
+                "Global.text_score": self.min_confidence,
+                "Det.model_path": str(paths["det"]),
+                "Rec.model_path": str(paths["rec"]),
+                "Cls.model_path": str(paths["cls"]),
+                "Rec.rec_batch_num": rec_batch_size,
+                "Det.limit_type": "max",
+                "Det.limit_side_len": det_max_side,
+                "EngineConfig.onnxruntime.intra_op_num_threads": threads,
+                "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+            }
+        )
 
     def resolve_mode(self, height: int, width: int) -> Literal["rec", "det"]:
         """The mode used for images of `height` x `width` px."""

@@ -78,12 +78,19 @@ class ProcessReward(RewardModel):
     already). `self.spec` is the spec as given, `self.child_spec` the resolved one the child builds.
     """
 
-    def __init__(self, spec: str | Mapping[str, Any], threads: int = 1, nonfinite: NonFinitePolicy = "raise",
-                 start_timeout_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        spec: str | Mapping[str, Any],
+        threads: int = 1,
+        nonfinite: NonFinitePolicy = "raise",
+        start_timeout_s: float = 120.0,
+    ) -> None:
         super().__init__(nonfinite)
         if is_server_spec(spec):
-            raise ValueError(f"ProcessReward runs an in-process reward in a child process; {spec!r} is a reward "
-                             f"server already: use it directly")
+            raise ValueError(
+                f"ProcessReward runs an in-process reward in a child process; {spec!r} is a reward "
+                f"server already: use it directly"
+            )
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be an int >= 1, got {threads!r}")
         self.spec = dict(spec) if isinstance(spec, Mapping) else spec
@@ -97,8 +104,12 @@ class ProcessReward(RewardModel):
     def _ensure_pool(self) -> cf.ProcessPoolExecutor:
         with self._pool_lock:
             if self._pool is None:
-                self._pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
-                                                    initializer=_child_init, initargs=(self.child_spec, self.threads))
+                self._pool = cf.ProcessPoolExecutor(
+                    max_workers=1,
+                    mp_context=mp.get_context("spawn"),
+                    initializer=_child_init,
+                    initargs=(self.child_spec, self.threads),
+                )
             return self._pool
 
     def _call(self, fn: Any, *args: Any, timeout: float | None = None) -> Any:

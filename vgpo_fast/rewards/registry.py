@@ -30,8 +30,15 @@ from urllib.parse import parse_qsl
 if TYPE_CHECKING:
     from vgpo_fast.rewards.base import RewardModel
 
-__all__ = ["BUILTIN_REWARDS", "available_rewards", "build_reward", "is_server_spec", "parse_spec",
-           "register_reward", "resolve_spec"]
+__all__ = [
+    "BUILTIN_REWARDS",
+    "available_rewards",
+    "build_reward",
+    "is_server_spec",
+    "parse_spec",
+    "register_reward",
+    "resolve_spec",
+]
 
 # Generic built-in name -> "module:attribute".
 BUILTIN_REWARDS: dict[str, str] = {
@@ -55,18 +62,24 @@ def register_reward(name: str, target: RewardTarget, *, replace: bool = False) -
     class target into that form when the class is importable under its `__module__` and `__qualname__`.
     """
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError(f"reward name must be letters, digits, '_', '.' or '-' (not starting with a digit or "
-                         f"punctuation), got {name!r}")
+        raise ValueError(
+            f"reward name must be letters, digits, '_', '.' or '-' (not starting with a digit or "
+            f"punctuation), got {name!r}"
+        )
     if isinstance(target, str):
         if not _TARGET.fullmatch(target):
             raise ValueError(f"reward target for {name!r} must be 'package.module:ClassName', got {target!r}")
     elif not callable(target):
-        raise ValueError(f"reward target for {name!r} must be a 'package.module:ClassName' string, a class or a "
-                         f"function, got {type(target).__name__}")
+        raise ValueError(
+            f"reward target for {name!r} must be a 'package.module:ClassName' string, a class or a "
+            f"function, got {type(target).__name__}"
+        )
     current = _REWARDS.get(name)
     if current is not None and current != target and not replace:
-        raise ValueError(f"reward name {name!r} is already registered for {_describe(current)}; pass "
-                         f"replace=True to register {_describe(target)} instead")
+        raise ValueError(
+            f"reward name {name!r} is already registered for {_describe(current)}; pass "
+            f"replace=True to register {_describe(target)} instead"
+        )
     _REWARDS[name] = target
 
 
@@ -147,16 +160,16 @@ def _check_options(factory: Any, options: dict[str, Any], spec: str) -> None:
     valid = [n for n, p in params.items() if p.kind in named]
     missing = [n for n in valid if params[n].default is inspect.Parameter.empty and n not in options]
     if missing:
-        raise ValueError(f"reward spec {spec!r}: missing option {missing[0]!r} "
-                         f"(give it as '?{missing[0]}=...' or in the dict)")
+        raise ValueError(
+            f"reward spec {spec!r}: missing option {missing[0]!r} (give it as '?{missing[0]}=...' or in the dict)"
+        )
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
     for key in options:
         if key not in valid:
             near = difflib.get_close_matches(key, valid, n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise ValueError(f"reward spec {spec!r}: unknown option {key!r}{hint} "
-                             f"(valid: {', '.join(valid)})")
+            raise ValueError(f"reward spec {spec!r}: unknown option {key!r}{hint} (valid: {', '.join(valid)})")
 
 
 def is_server_spec(spec: Any) -> bool:
@@ -167,9 +180,11 @@ def is_server_spec(spec: Any) -> bool:
 def _unknown(name: str) -> ValueError:
     close = difflib.get_close_matches(name, list(_REWARDS), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ValueError(f"unknown reward {name!r}{hint}: known names are {', '.join(available_rewards())} (more are "
-                      f"added by register_reward, e.g. a task's rewards when its registry module is imported); "
-                      f"or give 'package.module:ClassName' or a reward server URL 'http://host:port'")
+    return ValueError(
+        f"unknown reward {name!r}{hint}: known names are {', '.join(available_rewards())} (more are "
+        f"added by register_reward, e.g. a task's rewards when its registry module is imported); "
+        f"or give 'package.module:ClassName' or a reward server URL 'http://host:port'"
+    )
 
 
 def _target_string(name: str, target: RewardTarget) -> str:
@@ -179,13 +194,19 @@ def _target_string(name: str, target: RewardTarget) -> str:
     module, qualname = getattr(target, "__module__", None), getattr(target, "__qualname__", None)
     text = f"{module}:{qualname}"
     try:
-        ok = (module not in (None, "__main__", "__mp_main__") and qualname is not None
-              and "<" not in qualname and _load_target(text, text) is target)
+        ok = (
+            module not in (None, "__main__", "__mp_main__")
+            and qualname is not None
+            and "<" not in qualname
+            and _load_target(text, text) is target
+        )
     except (ValueError, ImportError):
         ok = False
     if not ok:
-        raise ValueError(f"reward {name!r} is registered as {target!r}, which another process cannot import by "
-                         f"name; register it as a 'package.module:ClassName' string instead")
+        raise ValueError(
+            f"reward {name!r} is registered as {target!r}, which another process cannot import by "
+            f"name; register it as a 'package.module:ClassName' string instead"
+        )
     return text
 
 
@@ -239,6 +260,5 @@ def build_reward(spec: str | Mapping[str, Any] | RewardModel, **overrides: Any) 
     _check_options(factory, options, shown)
     reward = factory(**options)
     if not isinstance(reward, RewardModel):
-        raise ValueError(f"reward spec {shown!r}: {name!r} built a {type(reward).__name__}, "
-                         f"not a RewardModel")
+        raise ValueError(f"reward spec {shown!r}: {name!r} built a {type(reward).__name__}, not a RewardModel")
     return reward

@@ -120,8 +120,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         if self.path.rstrip("/") != "/health":
-            self._error(404 if self.path.rstrip("/") != "/score" else 405,
-                        f"no GET {self.path}: use GET /health or POST /score", "not_found")
+            self._error(
+                404 if self.path.rstrip("/") != "/score" else 405,
+                f"no GET {self.path}: use GET /health or POST /score",
+                "not_found",
+            )
             return
         reason = self._auth_error()
         if reason:
@@ -132,8 +135,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         app = self.server.app
         if self.path.rstrip("/") != "/score":
-            self._refuse(404 if self.path.rstrip("/") != "/health" else 405,
-                         f"no POST {self.path}: use POST /score or GET /health", "not_found")
+            self._refuse(
+                404 if self.path.rstrip("/") != "/health" else 405,
+                f"no POST {self.path}: use POST /score or GET /health",
+                "not_found",
+            )
             return
         with app.lock:
             app.in_flight += 1
@@ -154,8 +160,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         length_text = self.headers.get("Content-Length")
         if length_text is None or "chunked" in self.headers.get("Transfer-Encoding", ""):
-            self._error(411, "POST /score needs a Content-Length (chunked bodies are not accepted)",
-                        "bad_request", close=True)
+            self._error(
+                411, "POST /score needs a Content-Length (chunked bodies are not accepted)", "bad_request", close=True
+            )
             return
         try:
             length = int(length_text)
@@ -166,8 +173,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         limit = app.limits.max_request_bytes
         if length > limit:
-            self._refuse(413, f"request is {length} bytes, over the server's limit of {limit} "
-                              f"(--max-request-mb); send smaller batches", "too_large")
+            self._refuse(
+                413,
+                f"request is {length} bytes, over the server's limit of {limit} "
+                f"(--max-request-mb); send smaller batches",
+                "too_large",
+            )
             return
         # Counted as "receiving" until queued, so the batcher knows a request is about to join.
         app.batcher.begin_receiving()
@@ -192,8 +203,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(422, str(exc), "reward_error")
             return
         timing = dict(timing, server_ms=(time.perf_counter() - received) * 1e3)
-        self._reply(200, encode_response(request.request_id, scores, app.reward.name, float(app.reward.low),
-                                         float(app.reward.high), timing))
+        self._reply(
+            200,
+            encode_response(
+                request.request_id, scores, app.reward.name, float(app.reward.low), float(app.reward.high), timing
+            ),
+        )
 
     def _read_body(self, length: int) -> bytearray | None:
         """The request body, read into one writable buffer (images decoded from it need no copy)."""
@@ -233,9 +248,17 @@ class _HTTPServer(ThreadingHTTPServer):
 class RewardServer:
     """A reward model served over HTTP on (host, port); port 0 picks a free port (see `.port` after init)."""
 
-    def __init__(self, reward: RewardModel, host: str = "127.0.0.1", port: int = 0, max_batch: int = 64,
-                 max_wait_ms: float = 5.0, limits: Limits | None = None, token: str | None = None,
-                 verbose: bool = False) -> None:
+    def __init__(
+        self,
+        reward: RewardModel,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_batch: int = 64,
+        max_wait_ms: float = 5.0,
+        limits: Limits | None = None,
+        token: str | None = None,
+        verbose: bool = False,
+    ) -> None:
         self.reward = reward
         self.limits = limits or Limits()
         self.token = token or None
@@ -257,15 +280,27 @@ class RewardServer:
         """The /health reply: reward name and range, queue depth (images), in-flight requests, statistics."""
         with self.lock:
             in_flight = self.in_flight
-        return {"status": "closing" if self.closing.is_set() else "ok", "reward": self.reward.name,
-                "low": float(self.reward.low), "high": float(self.reward.high),
-                "queue_depth": self.batcher.queue_depth, "in_flight": in_flight,
-                "max_batch": self.batcher.max_batch, "max_wait_ms": self.batcher.max_wait * 1e3,
-                "limits": {"max_request_bytes": self.limits.max_request_bytes,
-                           "max_images": self.limits.max_images, "max_pixels": self.limits.max_pixels},
-                "stats": self.batcher.stats.as_dict(), "version": package_version(),
-                "wire_version": WIRE_VERSION, "content_type": CONTENT_TYPE,
-                "uptime_s": round(time.time() - self.started, 3), "pid": os.getpid()}
+        return {
+            "status": "closing" if self.closing.is_set() else "ok",
+            "reward": self.reward.name,
+            "low": float(self.reward.low),
+            "high": float(self.reward.high),
+            "queue_depth": self.batcher.queue_depth,
+            "in_flight": in_flight,
+            "max_batch": self.batcher.max_batch,
+            "max_wait_ms": self.batcher.max_wait * 1e3,
+            "limits": {
+                "max_request_bytes": self.limits.max_request_bytes,
+                "max_images": self.limits.max_images,
+                "max_pixels": self.limits.max_pixels,
+            },
+            "stats": self.batcher.stats.as_dict(),
+            "version": package_version(),
+            "wire_version": WIRE_VERSION,
+            "content_type": CONTENT_TYPE,
+            "uptime_s": round(time.time() - self.started, 3),
+            "pid": os.getpid(),
+        }
 
     def serve_forever(self, drain_timeout_s: float = 60.0) -> bool:
         """Serves until `shutdown()` (from another thread or a signal), then finishes the queued and in-flight
@@ -293,8 +328,11 @@ class RewardServer:
         self.batcher.close(timeout=max(0.0, deadline - time.monotonic()))
         self.httpd.server_close()
         if left:
-            print(f"reward-server: {left} requests still in flight after {timeout:g} s; exiting without them",
-                  file=sys.stderr, flush=True)
+            print(
+                f"reward-server: {left} requests still in flight after {timeout:g} s; exiting without them",
+                file=sys.stderr,
+                flush=True,
+            )
         return left == 0
 
     def install_signal_handlers(self) -> None:
@@ -302,8 +340,11 @@ class RewardServer:
 
         def handle(signum: int, _frame: Any) -> None:
             if not self.closing.is_set():
-                print(f"reward-server: {signal.Signals(signum).name}, finishing in-flight requests",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"reward-server: {signal.Signals(signum).name}, finishing in-flight requests",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 self.closing.set()
                 # httpd.shutdown() blocks until serve_forever returns, and serve_forever runs on this thread.
                 threading.Thread(target=self.httpd.shutdown, daemon=True).start()
@@ -322,24 +363,35 @@ def _read_token(args: argparse.Namespace) -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vgpo-fast reward-server",
-                                     description="Serve a reward model over HTTP, micro-batching requests.")
-    parser.add_argument("--reward", required=True,
-                        help="reward name ('ocr', or one a task registers, e.g. 'shapes' under vgpo-fast) or "
-                             "'package.module:ClassName', options as '?k=v&k2=v2'")
+    parser = argparse.ArgumentParser(
+        prog="vgpo-fast reward-server", description="Serve a reward model over HTTP, micro-batching requests."
+    )
+    parser.add_argument(
+        "--reward",
+        required=True,
+        help="reward name ('ocr', or one a task registers, e.g. 'shapes' under vgpo-fast) or "
+        "'package.module:ClassName', options as '?k=v&k2=v2'",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     parser.add_argument("--port", type=int, default=8123, help="port; 0 picks a free one (see --port-file)")
     parser.add_argument("--port-file", help="write the bound port here once serving (atomically)")
     parser.add_argument("--max-batch", type=int, default=64, help="most images merged into one reward call")
-    parser.add_argument("--max-wait-ms", type=float, default=5.0,
-                        help="longest wait for requests still being received before scoring a short batch")
-    parser.add_argument("--max-request-mb", type=float, default=256.0,
-                        help="largest request body, MiB (413 above)")
+    parser.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="longest wait for requests still being received before scoring a short batch",
+    )
+    parser.add_argument("--max-request-mb", type=float, default=256.0, help="largest request body, MiB (413 above)")
     parser.add_argument("--max-images", type=int, default=4096, help="most images in one request (413 above)")
     parser.add_argument("--max-pixels", type=int, default=4096 * 4096, help="most pixels (H*W) per image")
     parser.add_argument("--token-file", help=f"file holding the bearer token (default: ${TOKEN_ENV} if set)")
-    parser.add_argument("--drain-timeout-s", type=float, default=60.0,
-                        help="on SIGTERM/SIGINT, longest wait for in-flight requests (then exit 1)")
+    parser.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        default=60.0,
+        help="on SIGTERM/SIGINT, longest wait for in-flight requests (then exit 1)",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request")
     return parser
 
@@ -356,11 +408,22 @@ def main(argv: list[str] | None = None, *, setup: Callable[[], object] | None = 
         if setup is not None:
             setup()
         token = _read_token(args)
-        limits = Limits(max_request_bytes=int(args.max_request_mb * 1024 * 1024), max_images=args.max_images,
-                        max_pixels=args.max_pixels)
+        limits = Limits(
+            max_request_bytes=int(args.max_request_mb * 1024 * 1024),
+            max_images=args.max_images,
+            max_pixels=args.max_pixels,
+        )
         reward = build_reward(args.reward)
-        server = RewardServer(reward, args.host, args.port, max_batch=args.max_batch,
-                              max_wait_ms=args.max_wait_ms, limits=limits, token=token, verbose=args.verbose)
+        server = RewardServer(
+            reward,
+            args.host,
+            args.port,
+            max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms,
+            limits=limits,
+            token=token,
+            verbose=args.verbose,
+        )
     except (ValueError, TypeError, ImportError, OSError) as exc:
         print(f"reward-server: error: {exc}", file=sys.stderr)
         return 2
@@ -371,8 +434,11 @@ def main(argv: list[str] | None = None, *, setup: Callable[[], object] | None = 
         tmp = Path(f"{args.port_file}.tmp{os.getpid()}")
         tmp.write_text(str(server.port), encoding="utf-8")
         os.replace(tmp, args.port_file)
-    print(f"reward-server: serving {reward.name!r} [{reward.low:g}, {reward.high:g}] on {server.url} "
-          f"(max_batch {args.max_batch}, max_wait {args.max_wait_ms:g} ms)", flush=True)
+    print(
+        f"reward-server: serving {reward.name!r} [{reward.low:g}, {reward.high:g}] on {server.url} "
+        f"(max_batch {args.max_batch}, max_wait {args.max_wait_ms:g} ms)",
+        flush=True,
+    )
     try:
         drained = server.serve_forever(args.drain_timeout_s)
     finally:

@@ -1,6 +1,6 @@
 """Text helpers shared by text rewards and the data they score (no dependencies beyond the standard library).
 
-    extract_quoted_text('an image with the text "cat"')   # -> "cat"
+extract_quoted_text('an image with the text "cat"')   # -> "cat"
 """
 
 from __future__ import annotations

@@ -71,22 +71,31 @@ class ScoreRequest:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
-def encode_request(images: np.ndarray, prompts: list[str], request_id: str | None = None,
-                   encoding: Encoding = "raw", png_compress_level: int = 1) -> bytes:
+def encode_request(
+    images: np.ndarray,
+    prompts: list[str],
+    request_id: str | None = None,
+    encoding: Encoding = "raw",
+    png_compress_level: int = 1,
+) -> bytes:
     """The request body for uint8 `images [B, H, W, 3]` and `prompts` (B strings)."""
     return b"".join(request_parts(images, prompts, request_id, encoding, png_compress_level))
 
 
-def request_parts(images: np.ndarray, prompts: list[str], request_id: str | None = None,
-                  encoding: Encoding = "raw", png_compress_level: int = 1) -> list[bytes | memoryview]:
+def request_parts(
+    images: np.ndarray,
+    prompts: list[str],
+    request_id: str | None = None,
+    encoding: Encoding = "raw",
+    png_compress_level: int = 1,
+) -> list[bytes | memoryview]:
     """The request body as a list of buffers, in order (raw pixels as a view of `images`, not a copy)."""
     is_array = isinstance(images, np.ndarray)
     if not is_array or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         desc = f"{images.dtype} {images.shape}" if is_array else type(images).__name__
         raise ValueError(f"images must be a uint8 numpy array [B, H, W, 3], got {desc}")
     if len(prompts) != images.shape[0]:
-        raise ValueError(f"prompts must have one entry per image: {images.shape[0]} images, "
-                         f"{len(prompts)} prompts")
+        raise ValueError(f"prompts must have one entry per image: {images.shape[0]} images, {len(prompts)} prompts")
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
     header: dict[str, Any] = {
@@ -133,12 +142,14 @@ def decode_request(body: bytes | bytearray | memoryview, limits: Limits | None =
         raise WireError(f"request is {len(body)} bytes, shorter than the {_PREFIX.size}-byte prefix")
     magic, head_len = _PREFIX.unpack_from(body, 0)
     if magic != MAGIC:
-        raise WireError(f"request does not start with {MAGIC!r} (got {bytes(magic)!r}); "
-                        f"is the client speaking the vgpo-fast reward wire format?")
+        raise WireError(
+            f"request does not start with {MAGIC!r} (got {bytes(magic)!r}); "
+            f"is the client speaking the vgpo-fast reward wire format?"
+        )
     if head_len > min(MAX_HEADER_BYTES, len(body) - _PREFIX.size):
         raise WireError(f"request header length {head_len} runs past the body ({len(body)} bytes)")
     try:
-        header = json.loads(bytes(body[_PREFIX.size:_PREFIX.size + head_len]).decode("utf-8"))
+        header = json.loads(bytes(body[_PREFIX.size : _PREFIX.size + head_len]).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WireError(f"request header is not UTF-8 JSON: {exc}") from None
     if not isinstance(header, dict):
@@ -163,10 +174,9 @@ def decode_request(body: bytes | bytearray | memoryview, limits: Limits | None =
     if b > limits.max_images:
         raise PayloadTooLarge(f"request has {b} images, over the limit of {limits.max_images}")
     if h * w > limits.max_pixels:
-        raise PayloadTooLarge(f"request images are {h}x{w} = {h * w} pixels, over the limit of "
-                              f"{limits.max_pixels}")
+        raise PayloadTooLarge(f"request images are {h}x{w} = {h * w} pixels, over the limit of {limits.max_pixels}")
     encoding = header.get("encoding", "raw")
-    payload = body[_PREFIX.size + head_len:]
+    payload = body[_PREFIX.size + head_len :]
     if encoding == "raw":
         expected = b * h * w * 3
         if len(payload) != expected:
@@ -186,19 +196,20 @@ def _decode_pngs(payload: memoryview, header: dict[str, Any], shape: tuple[int, 
     b, h, w = shape
     lengths = _header_field(header, "lengths", list)
     if len(lengths) != b or not all(type(n) is int and n > 0 for n in lengths):
-        raise WireError(f"request 'lengths' must be {b} positive integers (one per PNG), "
-                        f"got {len(lengths)} entries")
+        raise WireError(f"request 'lengths' must be {b} positive integers (one per PNG), got {len(lengths)} entries")
     if sum(lengths) != len(payload):
         raise WireError(f"request 'lengths' add up to {sum(lengths)} bytes, the payload is {len(payload)}")
     out = np.empty((b, h, w, 3), dtype=np.uint8)
     start = 0
     for i, n in enumerate(lengths):
         try:
-            with Image.open(io.BytesIO(payload[start:start + n])) as im:
+            with Image.open(io.BytesIO(payload[start : start + n])) as im:
                 # Checked before decoding: a small PNG can declare a huge image.
                 if im.format != "PNG" or im.size != (w, h):
-                    raise WireError(f"image {i} is a {im.format} of {im.size[0]}x{im.size[1]} (W x H); "
-                                    f"the header says PNG of {w}x{h}")
+                    raise WireError(
+                        f"image {i} is a {im.format} of {im.size[0]}x{im.size[1]} (W x H); "
+                        f"the header says PNG of {w}x{h}"
+                    )
                 out[i] = np.asarray(im.convert("RGB"), dtype=np.uint8)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             if isinstance(exc, WireError):
@@ -214,11 +225,18 @@ def _json_score(x: float) -> float | str:
     return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
 
 
-def encode_response(request_id: str, scores: np.ndarray, reward: str, low: float, high: float,
-                    timing: dict[str, float]) -> bytes:
+def encode_response(
+    request_id: str, scores: np.ndarray, reward: str, low: float, high: float, timing: dict[str, float]
+) -> bytes:
     """JSON body for `scores [B]` (float; non-finite entries as "nan"/"inf"/"-inf")."""
-    body = {"id": request_id, "scores": [_json_score(float(x)) for x in np.asarray(scores).reshape(-1)],
-            "reward": reward, "low": low, "high": high, "timing": timing}
+    body = {
+        "id": request_id,
+        "scores": [_json_score(float(x)) for x in np.asarray(scores).reshape(-1)],
+        "reward": reward,
+        "low": low,
+        "high": high,
+        "timing": timing,
+    }
     return json.dumps(body, allow_nan=False).encode("utf-8")
 
 

@@ -95,9 +95,18 @@ def initial_noise(cfg: Config, latent_shape: tuple[int, ...], n: int, iteration:
 
 
 @torch.no_grad()
-def collect(cfg: Config, policy: Policy, prompts: list[str], sigmas: torch.Tensor, pipeline: RewardPipeline, *,
-            iteration: int, world: distributed.World, device: torch.device,
-            probe: RolloutProbe | None = None) -> RolloutBatch:
+def collect(
+    cfg: Config,
+    policy: Policy,
+    prompts: list[str],
+    sigmas: torch.Tensor,
+    pipeline: RewardPipeline,
+    *,
+    iteration: int,
+    world: distributed.World,
+    device: torch.device,
+    probe: RolloutProbe | None = None,
+) -> RolloutBatch:
     """Roll out the trajectories of `prompts` (N strings, each prompt repeated G times) and score every
     evaluated projection with `pipeline`; rewards are mapped to `(r + reward.offset) * reward.scale`."""
     probe = probe if probe is not None else _no_probe
@@ -128,14 +137,23 @@ def collect(cfg: Config, policy: Policy, prompts: list[str], sigmas: torch.Tenso
                 with probe("reward_wait", c, j):
                     pipeline(j, x0_hat)
 
-            gen_sde = torch.Generator(device).manual_seed(iteration_seed(cfg.train.seed, iteration,
-                                                                         Stream.SDE_NOISE, c))
+            gen_sde = torch.Generator(device).manual_seed(
+                iteration_seed(cfg.train.seed, iteration, Stream.SDE_NOISE, c)
+            )
             pipeline.begin(ps)
             with timer("rollout"):
-                traj = sample_trajectories(vfn, x_init[lo:hi].to(device), sigmas, a=cfg.rollout.noise_level,
-                                           sde_type=cfg.rollout.sde_type, sde_steps=window, generator=gen_sde,
-                                           on_projection=on_projection, reduce=cfg.rollout.reduce,
-                                           train_last_step=cfg.train.train_last_step)
+                traj = sample_trajectories(
+                    vfn,
+                    x_init[lo:hi].to(device),
+                    sigmas,
+                    a=cfg.rollout.noise_level,
+                    sde_type=cfg.rollout.sde_type,
+                    sde_steps=window,
+                    generator=gen_sde,
+                    on_projection=on_projection,
+                    reduce=cfg.rollout.reduce,
+                    train_last_step=cfg.train.train_last_step,
+                )
             with timer("reward_finish"), probe("reward_finish", c, T - 1):
                 result = pipeline.finish()
             latents.append(traj.latents)
@@ -156,5 +174,6 @@ def collect(cfg: Config, policy: Policy, prompts: list[str], sigmas: torch.Tenso
             lat = distributed.all_gather_rows(lat, counts, dim=1)
             logp = distributed.all_gather_rows(logp, counts, dim=1)
             R = distributed.all_gather_rows(R, counts, dim=0)
-    return RolloutBatch(prompts, lat, logp, R.cpu(), traj.train_mask, sigmas, timer.seconds,
-                        merge_timings(chunk_timings), chunk_timings)
+    return RolloutBatch(
+        prompts, lat, logp, R.cpu(), traj.train_mask, sigmas, timer.seconds, merge_timings(chunk_timings), chunk_timings
+    )

@@ -148,11 +148,21 @@ class RewardPipeline:
     `RewardClient`), True/False forces the choice.
     """
 
-    def __init__(self, reward: RewardModel, decode: Decoder, num_steps: int, *,
-                 reward_steps: RewardStepsSpec = "all", overlap: bool = True, max_in_flight: int = 2,
-                 intermediate_decode: Decoder | None = None, worker_threads: int = 1,
-                 device: torch.device | str | None = None, async_submit: bool | None = None,
-                 gil_switch_s: float | None = GIL_SWITCH_S) -> None:
+    def __init__(
+        self,
+        reward: RewardModel,
+        decode: Decoder,
+        num_steps: int,
+        *,
+        reward_steps: RewardStepsSpec = "all",
+        overlap: bool = True,
+        max_in_flight: int = 2,
+        intermediate_decode: Decoder | None = None,
+        worker_threads: int = 1,
+        device: torch.device | str | None = None,
+        async_submit: bool | None = None,
+        gil_switch_s: float | None = GIL_SWITCH_S,
+    ) -> None:
         if not isinstance(reward, RewardModel):
             raise ValueError(f"reward must be a RewardModel, got {type(reward).__name__}")
         if not callable(decode):
@@ -172,8 +182,9 @@ class RewardPipeline:
         self.max_in_flight = int(max_in_flight)
         self.worker_threads = int(worker_threads)
         self.device = None if device is None else torch.device(device)
-        self.async_submit = (type(reward).submit is not RewardModel.submit) if async_submit is None \
-            else bool(async_submit)
+        self.async_submit = (
+            (type(reward).submit is not RewardModel.submit) if async_submit is None else bool(async_submit)
+        )
         if gil_switch_s is not None and not gil_switch_s > 0:
             raise ValueError(f"gil_switch_s must be None or > 0, got {gil_switch_s!r}")
         self.gil_switch_s = gil_switch_s
@@ -190,8 +201,12 @@ class RewardPipeline:
     # Batch life cycle --------------------------------------------------------------------------------------
     def begin(self, prompts: Sequence[str]) -> None:
         """Starts one rollout batch; B = len(prompts), one prompt per sample."""
-        if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts \
-                or not all(isinstance(p, str) for p in prompts):
+        if (
+            isinstance(prompts, str)
+            or not isinstance(prompts, Sequence)
+            or not prompts
+            or not all(isinstance(p, str) for p in prompts)
+        ):
             raise ValueError(f"prompts must be a non-empty sequence of strings, one per sample, got {prompts!r:.80}")
         with self._cond:
             if self._batch is not None:
@@ -201,8 +216,9 @@ class RewardPipeline:
             self._saved_switch_s = sys.getswitchinterval()
             sys.setswitchinterval(min(self._saved_switch_s, self.gil_switch_s))
         if self._executor is None:
-            self._executor = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward-pipeline",
-                                                   initializer=self._init_worker)
+            self._executor = cf.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="reward-pipeline", initializer=self._init_worker
+            )
 
     def __call__(self, j: int, x0_hat: torch.Tensor) -> None:
         """The sampler's `on_projection`: queues decode + reward of `x0_hat_j [B, ...]`; a no-op for j not in S.
@@ -211,8 +227,10 @@ class RewardPipeline:
         if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < self.num_steps:
             raise ValueError(f"j must be a step in [0, {self.num_steps}), got {j!r}")
         if not isinstance(x0_hat, torch.Tensor) or x0_hat.dim() < 2 or x0_hat.shape[0] != len(batch.prompts):
-            raise ValueError(f"x0_hat must be a tensor [B={len(batch.prompts)}, ...], got "
-                             f"{tuple(getattr(x0_hat, 'shape', ())) or type(x0_hat).__name__}")
+            raise ValueError(
+                f"x0_hat must be a tensor [B={len(batch.prompts)}, ...], got "
+                f"{tuple(getattr(x0_hat, 'shape', ())) or type(x0_hat).__name__}"
+            )
         with self._cond:
             if j in batch.seen:
                 raise ValueError(f"step j={j} was already handed in for this batch")
@@ -273,12 +291,13 @@ class RewardPipeline:
         self._raise_error(batch)
         missing = [j for j in self.steps if j not in batch.seen]
         if missing:
-            raise ValueError(f"finish(): no projection was handed in for evaluated steps {missing} "
-                             f"(S = {self.steps}); call the pipeline for every step j = 0..{self.num_steps - 1}")
+            raise ValueError(
+                f"finish(): no projection was handed in for evaluated steps {missing} "
+                f"(S = {self.steps}); call the pipeline for every step j = 0..{self.num_steps - 1}"
+            )
         evaluated = torch.stack([batch.scores[j] for j in self.steps], dim=1)
         rewards = fill_sparse_rewards(evaluated, self.steps, self.num_steps)
-        return RewardResult(rewards=rewards, evaluated=evaluated, steps=list(self.steps),
-                            timings=self._timings(batch))
+        return RewardResult(rewards=rewards, evaluated=evaluated, steps=list(self.steps), timings=self._timings(batch))
 
     def cancel(self) -> None:
         """Ends the current batch, if any, after its pending jobs are done; their results and errors are dropped."""
@@ -338,8 +357,10 @@ class RewardPipeline:
                 images = self._decode_cuda(j, x, ready) if ready is not None else self._decoder(j)(x)
             del x
             if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] != len(batch.prompts):
-                raise ValueError(f"the decoder must return images [B={len(batch.prompts)}, 3, H, W], got "
-                                 f"{tuple(getattr(images, 'shape', ())) or type(images).__name__}")
+                raise ValueError(
+                    f"the decoder must return images [B={len(batch.prompts)}, 3, H, W], got "
+                    f"{tuple(getattr(images, 'shape', ())) or type(images).__name__}"
+                )
             t1 = time.perf_counter()
             batch.start_t[j], batch.decode_end_t[j] = t0, t1
             batch.decode_s[j] = t1 - t0
@@ -370,9 +391,15 @@ class RewardPipeline:
         if error is None:
             b = len(batch.prompts)
             if not isinstance(scores, torch.Tensor) or scores.shape != (b,):
-                error = (j, "reward", RewardError(f"reward {type(self.reward).__name__} returned "
-                                                  f"{tuple(getattr(scores, 'shape', ())) or type(scores).__name__}"
-                                                  f" scores, expected a tensor [B={b}]"))
+                error = (
+                    j,
+                    "reward",
+                    RewardError(
+                        f"reward {type(self.reward).__name__} returned "
+                        f"{tuple(getattr(scores, 'shape', ())) or type(scores).__name__}"
+                        f" scores, expected a tensor [B={b}]"
+                    ),
+                )
         with self._cond:
             if error is None:
                 batch.scores[j] = scores.detach().to("cpu", torch.float32)
@@ -405,13 +432,25 @@ class RewardPipeline:
         wait_steps = [batch.wait_s.get(j, 0.0) for j in self.steps]
         busy = sum(decode) + sum(reward)
         wait = sum(wait_steps) + batch.finish_wait_s
-        return {"decode": sum(decode), "reward": sum(reward), "wait": wait, "wait_finish": batch.finish_wait_s,
-                "enqueue": batch.enqueue_s,
-                "per_step": {"steps": list(self.steps), "decode": decode, "reward": reward, "wait": wait_steps,
-                             "start": [batch.start_t.get(j, float("nan")) for j in self.steps],
-                             "decode_end": [batch.decode_end_t.get(j, float("nan")) for j in self.steps],
-                             "end": [batch.end_t.get(j, float("nan")) for j in self.steps]},
-                "overlap_frac": overlap_fraction(wait, busy), "max_pending": batch.max_pending, "mode": self.mode}
+        return {
+            "decode": sum(decode),
+            "reward": sum(reward),
+            "wait": wait,
+            "wait_finish": batch.finish_wait_s,
+            "enqueue": batch.enqueue_s,
+            "per_step": {
+                "steps": list(self.steps),
+                "decode": decode,
+                "reward": reward,
+                "wait": wait_steps,
+                "start": [batch.start_t.get(j, float("nan")) for j in self.steps],
+                "decode_end": [batch.decode_end_t.get(j, float("nan")) for j in self.steps],
+                "end": [batch.end_t.get(j, float("nan")) for j in self.steps],
+            },
+            "overlap_frac": overlap_fraction(wait, busy),
+            "max_pending": batch.max_pending,
+            "mode": self.mode,
+        }
 
 
 def overlap_fraction(wait: float, busy: float) -> float:

@@ -22,17 +22,25 @@ __all__ = ["sample_images"]
 
 
 @torch.no_grad()
-def sample_images(pipe: FlowPipeline, prompts: list[str], seeds: list[int], steps: int = 10,
-                  guidance_scale: float = 3.0, shift: float = 3.0, batch_size: int = 64) -> torch.Tensor:
+def sample_images(
+    pipe: FlowPipeline,
+    prompts: list[str],
+    seeds: list[int],
+    steps: int = 10,
+    guidance_scale: float = 3.0,
+    shift: float = 3.0,
+    batch_size: int = 64,
+) -> torch.Tensor:
     """Deterministic ODE samples: float32 `[B, 3, H, W]` in [0, 1]; noise i is drawn from seed `seeds[i]`.
 
     `pipe`: a `FlowPipeline` (`latent_shape`, `device`, `velocity_fn(prompts, guidance_scale)`, `decode`)."""
     out = []
     sig = make_sigmas(steps, shift)
     for lo in range(0, len(prompts), batch_size):
-        ps, ss = prompts[lo:lo + batch_size], seeds[lo:lo + batch_size]
-        noise = torch.stack([torch.randn(pipe.latent_shape, generator=torch.Generator().manual_seed(s))
-                             for s in ss]).to(pipe.device)
+        ps, ss = prompts[lo : lo + batch_size], seeds[lo : lo + batch_size]
+        noise = torch.stack(
+            [torch.randn(pipe.latent_shape, generator=torch.Generator().manual_seed(s)) for s in ss]
+        ).to(pipe.device)
         traj = sample_trajectories(pipe.velocity_fn(ps, guidance_scale), noise, sig, a=0.0)
         out.append(pipe.decode(traj.final))
     return torch.cat(out)

@@ -26,8 +26,7 @@ def as_rng(rng: np.random.Generator | int) -> np.random.Generator:
     raise ValueError(f"rng must be a numpy Generator or a non-negative int seed, got {rng!r}")
 
 
-def sample_prompts(prompts: Mapping[str, Sequence[str]], n: int,
-                   rng: np.random.Generator | int = 0) -> list[str]:
+def sample_prompts(prompts: Mapping[str, Sequence[str]], n: int, rng: np.random.Generator | int = 0) -> list[str]:
     """`n` prompts drawn with replacement: a category uniformly (so no category dominates whatever its size),
     then a prompt of it uniformly. `prompts` is `{category: prompts}`, e.g. `split_prompts().train`."""
     if n < 0:
@@ -45,8 +44,9 @@ def sample_prompts(prompts: Mapping[str, Sequence[str]], n: int,
     return out
 
 
-def eval_prompt_set(pool: Mapping[str, Sequence[str]] | Any, n_prompts: int, n_seeds: int,
-                    seed: int = 1234) -> tuple[list[str], list[int]]:
+def eval_prompt_set(
+    pool: Mapping[str, Sequence[str]] | Any, n_prompts: int, n_seeds: int, seed: int = 1234
+) -> tuple[list[str], list[int]]:
     """A fixed evaluation set: `n_prompts` category-uniform prompts of `pool` x `n_seeds` noise seeds.
 
     `pool`: `{category: prompts}`, or an object with a `held_out` split of that form (a `Task`: its held-out

@@ -78,13 +78,15 @@ def _check_schedule(sigmas: torch.Tensor) -> list[float]:
 
 
 def _sde_mask(T: int, sde_steps: tuple[int, int] | Sequence[bool] | torch.Tensor | None) -> torch.Tensor:
-    if sde_steps is None or (isinstance(sde_steps, tuple) and len(sde_steps) == 2
-                             and not any(isinstance(w, bool) for w in sde_steps)):
+    if sde_steps is None or (
+        isinstance(sde_steps, tuple) and len(sde_steps) == 2 and not any(isinstance(w, bool) for w in sde_steps)
+    ):
         return sde_window(T, sde_steps)
     mask = torch.as_tensor(sde_steps).detach().cpu()
     if mask.dtype != torch.bool or mask.shape != (T,):
-        raise ValueError(f"sde_steps must be None, a window (start, end) or a bool mask of shape [{T}], "
-                         f"got {sde_steps!r}")
+        raise ValueError(
+            f"sde_steps must be None, a window (start, end) or a bool mask of shape [{T}], got {sde_steps!r}"
+        )
     return mask.clone()
 
 
@@ -97,12 +99,21 @@ def _is_stochastic(sigma: float, sigma_next: float, a: float, sde_type: str) -> 
     return True  # flow_grpo: std = a sqrt(sigma / (1 - s)) > 0 and -dt > 0
 
 
-def sample_trajectories(velocity_fn: VelocityFn, x_T_init: torch.Tensor, sigmas: torch.Tensor, *, a: float = 0.7,
-                        sde_type: str = "flow_grpo", sde_steps: tuple[int, int] | Sequence[bool] | torch.Tensor
-                        | None = None, generator: torch.Generator | None = None,
-                        on_projection: ProjectionFn | None = None, keep_projections: bool = False,
-                        train_last_step: bool = False, reduce: str = "mean",
-                        backend: str | None = None) -> Trajectory:
+def sample_trajectories(
+    velocity_fn: VelocityFn,
+    x_T_init: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    a: float = 0.7,
+    sde_type: str = "flow_grpo",
+    sde_steps: tuple[int, int] | Sequence[bool] | torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    on_projection: ProjectionFn | None = None,
+    keep_projections: bool = False,
+    train_last_step: bool = False,
+    reduce: str = "mean",
+    backend: str | None = None,
+) -> Trajectory:
     """Roll out T = len(sigmas) - 1 steps from the noise `x_T_init [B, ...]` (the state at sigma_0, i.e. latents[0]).
 
     velocity_fn(x [B, ...], sigma [B]) -> v [B, ...] like x: the (CFG-guided) velocity; sigma is float32 (float64
@@ -146,8 +157,10 @@ def sample_trajectories(velocity_fn: VelocityFn, x_T_init: torch.Tensor, sigmas:
             x = latents[j]
             v = velocity_fn(x, sig_dev[j].expand(batch))
             if not isinstance(v, torch.Tensor) or v.shape != x.shape:
-                raise ValueError(f"velocity_fn must return a tensor of x's shape {tuple(x.shape)}, got "
-                                 f"{getattr(v, 'shape', type(v).__name__)}")
+                raise ValueError(
+                    f"velocity_fn must return a tensor of x's shape {tuple(x.shape)}, got "
+                    f"{getattr(v, 'shape', type(v).__name__)}"
+                )
             a_j = a if bool(sde_mask[j]) else 0.0
             if a_j > 0:
                 noise_kw = {"generator": generator}
@@ -155,8 +168,17 @@ def sample_trajectories(velocity_fn: VelocityFn, x_T_init: torch.Tensor, sigmas:
                 if zeros is None:
                     zeros = torch.zeros_like(x)
                 noise_kw = {"noise": zeros}
-            out = sde_step(x, v.detach().to(dtype), sig[j], sig[j + 1], a=a_j, sde_type=sde_type, reduce=reduce,
-                           backend=backend, **noise_kw)
+            out = sde_step(
+                x,
+                v.detach().to(dtype),
+                sig[j],
+                sig[j + 1],
+                a=a_j,
+                sde_type=sde_type,
+                reduce=reduce,
+                backend=backend,
+                **noise_kw,
+            )
             latents[j + 1].copy_(out.x_next)
             stochastic = _is_stochastic(sig[j], sig[j + 1], a_j, sde_type)
             if stochastic:
@@ -166,5 +188,11 @@ def sample_trajectories(velocity_fn: VelocityFn, x_T_init: torch.Tensor, sigmas:
                 emit(j - 1, out.x0_hat)
         emit(T - 1, latents[T])
 
-    return Trajectory(latents=latents, logp=logp, sigmas=sigmas.detach().cpu().clone(), train_mask=train_mask,
-                      sde_mask=sde_mask, projections=projections)
+    return Trajectory(
+        latents=latents,
+        logp=logp,
+        sigmas=sigmas.detach().cpu().clone(),
+        train_mask=train_mask,
+        sde_mask=sde_mask,
+        projections=projections,
+    )

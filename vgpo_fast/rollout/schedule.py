@@ -1,10 +1,10 @@
 """Sampling schedule, the sparse reward-step set S (docs/spec.md section 3) and the SDE window (Flow-GRPO-Fast).
 
-    sigmas(T, shift)                 -> [T+1] float32, 1 = sigma_0 > ... > sigma_T = 0 (diffusers' schedule)
-    timesteps(sigmas)                -> [T] the model's conditioning, sigma_j * 1000
-    reward_steps(T, spec)            -> sorted list S of evaluated steps, always containing T-1
-    fill_sparse_rewards(R_eval, S, T) -> [..., T] with R_j := R_{min{m in S : m >= j}}
-    sde_window(T, window)            -> [T] bool, True where step j is stochastic (SDE), False for ODE steps
+sigmas(T, shift)                 -> [T+1] float32, 1 = sigma_0 > ... > sigma_T = 0 (diffusers' schedule)
+timesteps(sigmas)                -> [T] the model's conditioning, sigma_j * 1000
+reward_steps(T, spec)            -> sorted list S of evaluated steps, always containing T-1
+fill_sparse_rewards(R_eval, S, T) -> [..., T] with R_j := R_{min{m in S : m >= j}}
+sde_window(T, window)            -> [T] bool, True where step j is stochastic (SDE), False for ODE steps
 """
 
 from __future__ import annotations
@@ -81,8 +81,10 @@ def reward_steps(T: int, spec: RewardStepsSpec = "all") -> list[int]:
 def _segment_index(S: Sequence[int], T: int) -> list[int]:
     """For each step j in [0, T), the position in S of min{m in S : m >= j}."""
     if len(S) == 0 or list(S) != sorted(set(S)) or S[-1] != T - 1 or S[0] < 0:
-        raise ValueError(f"S must be a strictly increasing list of steps in [0, {T}) ending at T-1 = {T - 1}, "
-                         f"got {list(S)} (build it with reward_steps)")
+        raise ValueError(
+            f"S must be a strictly increasing list of steps in [0, {T}) ending at T-1 = {T - 1}, "
+            f"got {list(S)} (build it with reward_steps)"
+        )
     index, pos = [], 0
     for j in range(T):
         while S[pos] < j:

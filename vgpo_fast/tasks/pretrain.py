@@ -49,8 +49,13 @@ def build_models(task: Task, seed: int) -> FlowPipeline:
     torch.manual_seed(seed)
     cfg = tiny_transformer_config(task.image_size, **task.model)
     transformer = build_transformer(cfg)
-    enc_cfg = TextEncoderConfig(vocab=task.vocab, level=task.text_level, max_length=task.max_length,
-                                text_dim=task.model.get("text_dim", 128), pooled_dim=task.model.get("pooled_dim", 128))
+    enc_cfg = TextEncoderConfig(
+        vocab=task.vocab,
+        level=task.text_level,
+        max_length=task.max_length,
+        text_dim=task.model.get("text_dim", 128),
+        pooled_dim=task.model.get("pooled_dim", 128),
+    )
     return FlowPipeline(transformer, TextEncoder(enc_cfg), (3, *task.image_size))
 
 
@@ -84,8 +89,13 @@ def train_steps(pipe: FlowPipeline, task: Task, cfg: PretrainConfig, log=print) 
         xt = (1 - tb) * x0 + tb * noise
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             ehs, pooled = pipe.text_encoder.encode(prompts)
-            v = pipe.transformer(hidden_states=xt, encoder_hidden_states=ehs, pooled_projections=pooled,
-                                 timestep=t * 1000, return_dict=False)[0]
+            v = pipe.transformer(
+                hidden_states=xt,
+                encoder_hidden_states=ehs,
+                pooled_projections=pooled,
+                timestep=t * 1000,
+                return_dict=False,
+            )[0]
         loss = torch.nn.functional.mse_loss(v.float(), noise - x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -93,18 +103,25 @@ def train_steps(pipe: FlowPipeline, task: Task, cfg: PretrainConfig, log=print) 
         opt.step()
         running.append(loss.item())
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            entry = {"step": step + 1, "loss": float(np.mean(running)), "lr": _lr_at(step, cfg),
-                     "seconds": round(time.perf_counter() - t0, 1)}
+            entry = {
+                "step": step + 1,
+                "loss": float(np.mean(running)),
+                "lr": _lr_at(step, cfg),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
             curve.append(entry)
             running = []
-            log(f"pretrain {task.name}: step {entry['step']}/{cfg.steps} loss {entry['loss']:.4f} "
-                f"({entry['seconds']:.0f} s)")
+            log(
+                f"pretrain {task.name}: step {entry['step']}/{cfg.steps} loss {entry['loss']:.4f} "
+                f"({entry['seconds']:.0f} s)"
+            )
     pipe.eval()
     return curve
 
 
-def heldout_reward(pipe: FlowPipeline, task: Task, n_prompts: int = 64, n_seeds: int = 2, steps: int = 10,
-                   guidance_scale: float = 3.0) -> dict[str, float]:
+def heldout_reward(
+    pipe: FlowPipeline, task: Task, n_prompts: int = 64, n_seeds: int = 2, steps: int = 10, guidance_scale: float = 3.0
+) -> dict[str, float]:
     """Mean held-out `task.eval_reward` of ODE samples, overall and per category."""
     from vgpo_fast.rewards.registry import build_reward
     from vgpo_fast.tasks.shapes import category_of, parse_prompt
@@ -162,20 +179,30 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None, log=_LOG) -> dict:
         if init_meta.get("task") != task.name:
             raise ValueError(f"--init {cfg.init} is a {init_meta.get('task')!r} model, not {task.name!r}")
         if init_meta.get("config", {}).get("seed") == cfg.seed and init_meta.get("config", {}).get("init") is None:
-            log(f"note: --seed {cfg.seed} replays the batches the init model was trained on; another seed draws "
-                "new ones")
+            log(
+                f"note: --seed {cfg.seed} replays the batches the init model was trained on; another seed draws "
+                "new ones"
+            )
     else:
         pipe = build_models(task, cfg.seed)
     curve = train_steps(pipe, task, cfg, log)
     train_s = time.perf_counter() - t0
-    meta = {"task": task.name, "image_size": list(task.image_size), "config": asdict(cfg),
-            "command": "vgpo-fast pretrain " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["pretrain"] else None,
-            "data_version": task.data_version, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "train_seconds": round(train_s, 1), "loss_curve": curve,
-            **({"init_meta": {k: v for k, v in init_meta.items() if k != "loss_curve"}} if init_meta else {})}
+    meta = {
+        "task": task.name,
+        "image_size": list(task.image_size),
+        "config": asdict(cfg),
+        "command": "vgpo-fast pretrain " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["pretrain"] else None,
+        "data_version": task.data_version,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "train_seconds": round(train_s, 1),
+        "loss_curve": curve,
+        **({"init_meta": {k: v for k, v in init_meta.items() if k != "loss_curve"}} if init_meta else {}),
+    }
     if cfg.eval_prompts > 0:
-        meta["heldout_reward"] = heldout_reward(pipe, task, cfg.eval_prompts, cfg.eval_seeds, cfg.eval_steps,
-                                                cfg.eval_guidance)
+        meta["heldout_reward"] = heldout_reward(
+            pipe, task, cfg.eval_prompts, cfg.eval_seeds, cfg.eval_steps, cfg.eval_guidance
+        )
         log(f"pretrain {task.name}: held-out {task.eval_reward} = {meta['heldout_reward']}")
     save_task_model(pipe, task, out, meta)
     log(f"pretrain {task.name}: wrote {out} in {time.perf_counter() - t0:.0f} s")

@@ -102,10 +102,15 @@ def _shapes() -> Task:
     split = split_prompts()
     size = 16
     return Task(
-        name="shapes", image_size=(size, size), train=split.train, held_out=split.held_out,
+        name="shapes",
+        image_size=(size, size),
+        train=split.train,
+        held_out=split.held_out,
         render=lambda prompts, seeds: render_prompts(prompts, seeds, image_size=size),
-        reward={"name": "shapes", "mode": "partial"}, eval_reward={"name": "shapes", "mode": "strict"},
-        text_level="word", max_length=16,
+        reward={"name": "shapes", "mode": "partial"},
+        eval_reward={"name": "shapes", "mode": "strict"},
+        text_level="word",
+        max_length=16,
         model={"patch_size": 2, "width": 128, "layers": 6, "heads": 2, "text_dim": 128, "pooled_dim": 128},
         miscaption=miscaptioned,
     )
@@ -126,9 +131,15 @@ def _text() -> Task:
         return render_batch([target_text(p) for p in prompts], size=size, cells=cells)
 
     return Task(
-        name="text", image_size=size, train=train, held_out=held_out, render=render,
-        reward={"name": "ocr", "mode": "rec"}, eval_reward={"name": "ocr", "mode": "rec"},
-        text_level="char", max_length=40,
+        name="text",
+        image_size=size,
+        train=train,
+        held_out=held_out,
+        render=render,
+        reward={"name": "ocr", "mode": "rec"},
+        eval_reward={"name": "ocr", "mode": "rec"},
+        text_level="char",
+        max_length=40,
         model={"patch_size": 2, "width": 128, "layers": 6, "heads": 2, "text_dim": 128, "pooled_dim": 128},
     )
 

@@ -33,8 +33,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
-__all__ = ["Checkpoint", "CheckpointError", "latest_checkpoint", "load_checkpoint", "restore_rng",
-           "save_checkpoint"]
+__all__ = ["Checkpoint", "CheckpointError", "latest_checkpoint", "load_checkpoint", "restore_rng", "save_checkpoint"]
 
 FORMAT = 1
 STATE = "state.json"
@@ -105,23 +104,35 @@ def _capture_rng(generators: dict[str, torch.Generator | np.random.Generator] | 
     kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     rng: dict[str, Any] = {
         "python": {"version": version, "state": list(internal), "gauss_next": gauss_next},
-        "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "cached_gaussian": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": keys.tolist(),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": _bytes_to_text(torch.get_rng_state()),
         # Only when this process already uses CUDA: querying it would otherwise create contexts on every device.
-        "cuda": ([_bytes_to_text(s) for s in torch.cuda.get_rng_state_all()]
-                 if torch.cuda.is_available() and torch.cuda.is_initialized() else []),
+        "cuda": (
+            [_bytes_to_text(s) for s in torch.cuda.get_rng_state_all()]
+            if torch.cuda.is_available() and torch.cuda.is_initialized()
+            else []
+        ),
         "generators": {},
     }
     for name, gen in (generators or {}).items():
         if isinstance(gen, torch.Generator):
-            rng["generators"][name] = {"kind": "torch", "device": str(gen.device),
-                                       "state": _bytes_to_text(gen.get_state())}
+            rng["generators"][name] = {
+                "kind": "torch",
+                "device": str(gen.device),
+                "state": _bytes_to_text(gen.get_state()),
+            }
         elif isinstance(gen, np.random.Generator):
             rng["generators"][name] = {"kind": "numpy", "state": _jsonable(gen.bit_generator.state)}
         else:
-            raise TypeError(f"generators[{name!r}] must be a torch.Generator or numpy.random.Generator, "
-                            f"got {type(gen).__name__}")
+            raise TypeError(
+                f"generators[{name!r}] must be a torch.Generator or numpy.random.Generator, got {type(gen).__name__}"
+            )
     return rng
 
 
@@ -132,23 +143,28 @@ def restore_rng(ckpt: Checkpoint, generators: dict[str, torch.Generator | np.ran
     saved = rng.get("generators", {})
     for name, gen in (generators or {}).items():  # check everything before changing anything
         if name not in saved:
-            raise CheckpointError(f"generator {name!r} is not in checkpoint {ckpt.path} "
-                                  f"(it has: {', '.join(sorted(saved)) or 'none'})")
+            raise CheckpointError(
+                f"generator {name!r} is not in checkpoint {ckpt.path} (it has: {', '.join(sorted(saved)) or 'none'})"
+            )
         if isinstance(gen, torch.Generator):
             want = "torch"
         elif isinstance(gen, np.random.Generator):
             want = "numpy"
         else:
-            raise TypeError(f"generators[{name!r}] must be a torch.Generator or numpy.random.Generator, "
-                            f"got {type(gen).__name__}")
+            raise TypeError(
+                f"generators[{name!r}] must be a torch.Generator or numpy.random.Generator, got {type(gen).__name__}"
+            )
         if saved[name]["kind"] != want:
-            raise CheckpointError(f"generator {name!r} was saved as a {saved[name]['kind']} generator, "
-                                  f"but a {want} generator was given to restore it")
+            raise CheckpointError(
+                f"generator {name!r} was saved as a {saved[name]['kind']} generator, "
+                f"but a {want} generator was given to restore it"
+            )
     py = rng["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
     nps = rng["numpy"]
-    np.random.set_state((nps["kind"], np.asarray(nps["keys"], dtype=np.uint32), nps["pos"], nps["has_gauss"],
-                         nps["cached_gaussian"]))
+    np.random.set_state(
+        (nps["kind"], np.asarray(nps["keys"], dtype=np.uint32), nps["pos"], nps["has_gauss"], nps["cached_gaussian"])
+    )
     torch.set_rng_state(_text_to_bytes(rng["torch"]))
     if rng.get("cuda") and torch.cuda.is_available():
         for i, state in enumerate(rng["cuda"][: torch.cuda.device_count()]):
@@ -255,8 +271,13 @@ def save_checkpoint(
         raise ValueError(f"keep must be an int >= 1 or None, got {keep!r}")
     trainable = _tensors_for_save(trainable, "trainable")
     extra = _tensors_for_save(extra_tensors, "extra_tensors") if extra_tensors else None
-    state: dict[str, Any] = {"format": FORMAT, "step": step, "config": config, "rng": _capture_rng(generators),
-                             "user": user or {}}
+    state: dict[str, Any] = {
+        "format": FORMAT,
+        "step": step,
+        "config": config,
+        "rng": _capture_rng(generators),
+        "user": user or {},
+    }
     try:  # fail before touching the disk
         json.dumps({"config": config, "user": user or {}})
     except (TypeError, ValueError) as e:
@@ -378,6 +399,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         optimizer_state = torch.load(path / OPTIMIZER, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types
         raise CheckpointError(f"{path / OPTIMIZER}: cannot be loaded with weights_only=True ({e})") from e
-    return Checkpoint(path=path, step=int(state["step"]), trainable=trainable, optimizer_state=optimizer_state,
-                      config=state.get("config", {}), user=state.get("user", {}), extra_tensors=extra,
-                      rng=state.get("rng", {}))
+    return Checkpoint(
+        path=path,
+        step=int(state["step"]),
+        trainable=trainable,
+        optimizer_state=optimizer_state,
+        config=state.get("config", {}),
+        user=state.get("user", {}),
+        extra_tensors=extra,
+        rng=state.get("rng", {}),
+    )

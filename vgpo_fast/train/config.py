@@ -14,8 +14,18 @@ from typing import Any, Literal
 from vgpo_fast.train.config_io import ConfigError, load_config
 from vgpo_fast.train.estimators import get_estimator
 
-__all__ = ["AlgorithmConfig", "Config", "ModelConfig", "OptimConfig", "RewardConfig", "RolloutConfig", "RunConfig",
-           "TrainLoopConfig", "load", "validate"]
+__all__ = [
+    "AlgorithmConfig",
+    "Config",
+    "ModelConfig",
+    "OptimConfig",
+    "RewardConfig",
+    "RolloutConfig",
+    "RunConfig",
+    "TrainLoopConfig",
+    "load",
+    "validate",
+]
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 
@@ -166,14 +176,23 @@ def validate(cfg: Config) -> Config:
     """Range checks and incompatible options; raises ConfigError listing every problem found."""
     errors: list[str] = []
     r, a, t = cfg.rollout, cfg.algorithm, cfg.train
-    for key, value in (("rollout.steps", r.steps), ("rollout.prompts_per_iter", r.prompts_per_iter),
-                       ("train.iterations", t.iterations), ("train.inner_epochs", t.inner_epochs),
-                       ("train.minibatch_size", t.minibatch_size), ("train.grad_accum", t.grad_accum),
-                       ("optim.lr", cfg.optim.lr), ("reward.max_in_flight", cfg.reward.max_in_flight),
-                       ("model.lora_rank", cfg.model.lora_rank)):
+    for key, value in (
+        ("rollout.steps", r.steps),
+        ("rollout.prompts_per_iter", r.prompts_per_iter),
+        ("train.iterations", t.iterations),
+        ("train.inner_epochs", t.inner_epochs),
+        ("train.minibatch_size", t.minibatch_size),
+        ("train.grad_accum", t.grad_accum),
+        ("optim.lr", cfg.optim.lr),
+        ("reward.max_in_flight", cfg.reward.max_in_flight),
+        ("model.lora_rank", cfg.model.lora_rank),
+    ):
         _positive(errors, key, value)
-    for key, value in (("algorithm.beta", a.beta), ("algorithm.k", a.k), ("optim.max_grad_norm",
-                                                                            cfg.optim.max_grad_norm)):
+    for key, value in (
+        ("algorithm.beta", a.beta),
+        ("algorithm.k", a.k),
+        ("optim.max_grad_norm", cfg.optim.max_grad_norm),
+    ):
         _positive(errors, key, value, allow_zero=True)
     if r.group_size < 2:
         errors.append(f"rollout.group_size must be >= 2 (advantages compare samples of a prompt), got {r.group_size}")
@@ -182,8 +201,10 @@ def validate(cfg: Config) -> Config:
     if r.sde_type == "cps" and r.noise_level > 1:
         errors.append(f"rollout.noise_level must be <= 1 with sde_type 'cps', got {r.noise_level}")
     if r.sde_window is not None and (len(r.sde_window) != 2 or not 0 <= r.sde_window[0] < r.sde_window[1] <= r.steps):
-        errors.append(f"rollout.sde_window must be [start, end] with 0 <= start < end <= rollout.steps={r.steps}, "
-                      f"got {r.sde_window}")
+        errors.append(
+            f"rollout.sde_window must be [start, end] with 0 <= start < end <= rollout.steps={r.steps}, "
+            f"got {r.sde_window}"
+        )
     if not 0 <= a.gamma <= 1:
         errors.append(f"algorithm.gamma must be in [0, 1], got {a.gamma}")
     if a.clip_range <= 0:
@@ -193,8 +214,10 @@ def validate(cfg: Config) -> Config:
     except ValueError as exc:
         errors.append(f"algorithm.name: {exc}")
     if a.beta > 0 and not cfg.model.lora and cfg.model.fp8:
-        errors.append("algorithm.beta > 0 with full fine-tuning and fp8 would need a second FP8 model copy for the "
-                      "reference: use model.lora or beta 0")
+        errors.append(
+            "algorithm.beta > 0 with full fine-tuning and fp8 would need a second FP8 model copy for the "
+            "reference: use model.lora or beta 0"
+        )
     if cfg.optim.ema and not 0 < cfg.optim.ema_decay < 1:
         errors.append(f"optim.ema_decay must be in (0, 1), got {cfg.optim.ema_decay}")
     if not cfg.reward.scale > 0:
@@ -223,11 +246,15 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
     if (tcrm, adae) == (True, True):
         return data
     if name != "vgpo":
-        raise ConfigError("algorithm.tcrm / algorithm.adae are VGPO ablations: they need algorithm.name 'vgpo' "
-                          "(today's spelling: algorithm.name=vgpo_no_tcrm / vgpo_no_adae)")
+        raise ConfigError(
+            "algorithm.tcrm / algorithm.adae are VGPO ablations: they need algorithm.name 'vgpo' "
+            "(today's spelling: algorithm.name=vgpo_no_tcrm / vgpo_no_adae)"
+        )
     if (tcrm, adae) not in _ABLATIONS:
-        raise ConfigError("algorithm.tcrm=false with algorithm.adae=false is GRPO on the terminal reward: use "
-                          "algorithm.name=flow_grpo (the ablations are algorithm.name=vgpo_no_tcrm / vgpo_no_adae)")
+        raise ConfigError(
+            "algorithm.tcrm=false with algorithm.adae=false is GRPO on the terminal reward: use "
+            "algorithm.name=flow_grpo (the ablations are algorithm.name=vgpo_no_tcrm / vgpo_no_adae)"
+        )
     alg["name"] = _ABLATIONS[(tcrm, adae)]
     return data
 

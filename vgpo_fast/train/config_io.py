@@ -39,11 +39,14 @@ class _Loader(yaml.SafeLoader):
 
 _BOOL_RE = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
 _INT_RE = re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F_]+|0o[0-7_]+)$")
-_FLOAT_RE = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+_FLOAT_RE = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
     |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
     |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""", re.X)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
 _REPLACED = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
 _Loader.yaml_implicit_resolvers = {
     ch: [(tag, rx) for tag, rx in resolvers if tag not in _REPLACED]
@@ -171,8 +174,9 @@ def _convert(value: Any, hint: Any, key: str, cli: bool, raw: str | None) -> Any
             for allowed in args:
                 if str(allowed) == text:
                     return allowed
-        raise ConfigError(f"config key '{key}': expected one of [{', '.join(repr(a) for a in args)}], "
-                          f"got {_show(value)}")
+        raise ConfigError(
+            f"config key '{key}': expected one of [{', '.join(repr(a) for a in args)}], got {_show(value)}"
+        )
     if origin in (list, Sequence) or hint is list:
         if not isinstance(value, (list, tuple)):
             raise _Mismatch
@@ -192,8 +196,10 @@ def _convert(value: Any, hint: Any, key: str, cli: bool, raw: str | None) -> Any
         if not isinstance(value, Mapping):
             raise _Mismatch
         kt, vt = args if args else (Any, Any)
-        return {_convert_item(k, kt, f"{key}.<key>", cli): _convert_item(v, vt, _join(key, k), cli)
-                for k, v in value.items()}
+        return {
+            _convert_item(k, kt, f"{key}.<key>", cli): _convert_item(v, vt, _join(key, k), cli)
+            for k, v in value.items()
+        }
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         if isinstance(value, hint):
             return value
@@ -316,8 +322,7 @@ def _split_override(text: str) -> tuple[str, str]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"override {text!r} must have the form key=value, e.g. rollout.steps=16 "
-                          f"or optim.lr=1e-4")
+        raise ConfigError(f"override {text!r} must have the form key=value, e.g. rollout.steps=16 or optim.lr=1e-4")
     if any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r}: key {key!r} has an empty part; use dotted keys like a.b.c")
     return key, raw.strip()
@@ -327,8 +332,10 @@ def _parse_value(text: str, raw: str) -> Any:
     try:
         return yaml.load(raw, Loader=_Loader)
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: value {raw!r} is not valid YAML ({e.__class__.__name__}); "
-                          f"quote strings with special characters, e.g. key='a: b'") from None
+        raise ConfigError(
+            f"override {text!r}: value {raw!r} is not valid YAML ({e.__class__.__name__}); "
+            f"quote strings with special characters, e.g. key='a: b'"
+        ) from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -354,8 +361,9 @@ def _check_key(cls: type, key: str) -> None:
         current = _section_class(hint)
 
 
-def _apply(data: Mapping, overrides: Sequence[str], cls: type | None,
-           legacy_keys: Sequence[str] = ()) -> tuple[dict, dict[str, str]]:
+def _apply(
+    data: Mapping, overrides: Sequence[str], cls: type | None, legacy_keys: Sequence[str] = ()
+) -> tuple[dict, dict[str, str]]:
     out = copy.deepcopy(dict(data))
     raws: dict[str, str] = {}
     if isinstance(overrides, str):
@@ -389,8 +397,14 @@ def apply_overrides(data: Mapping, overrides: Sequence[str], cls: type | None = 
     return _apply(data, overrides, cls)[0]
 
 
-def load_config(cls: type, path: str | Path | None, overrides: Sequence[str] = (), *,
-                legacy_keys: Sequence[str] = (), migrate: Callable[[dict], dict] | None = None) -> Any:
+def load_config(
+    cls: type,
+    path: str | Path | None,
+    overrides: Sequence[str] = (),
+    *,
+    legacy_keys: Sequence[str] = (),
+    migrate: Callable[[dict], dict] | None = None,
+) -> Any:
     """YAML file `path` (None: the defaults) + `key.sub=value` overrides -> a checked `cls` tree.
 
     `legacy_keys`: dotted keys of earlier versions that overrides may still set; `migrate(data)` rewrites the
@@ -412,8 +426,9 @@ def load_config(cls: type, path: str | Path | None, overrides: Sequence[str] = (
         if data is None:
             data = {}
         if not isinstance(data, Mapping):
-            raise ConfigError(f"config file {path} must hold a mapping of sections at the top level, "
-                              f"got {type(data).__name__}")
+            raise ConfigError(
+                f"config file {path} must hold a mapping of sections at the top level, got {type(data).__name__}"
+            )
     data, raws = _apply(data, overrides, cls, legacy_keys)
     if migrate is not None:
         data = migrate(data)

@@ -35,8 +35,9 @@ def prompt_pool(cfg: Config, task: Task | None, split: str) -> dict[str, tuple[s
     if path is not None:
         return {"file": read_prompts(path)}
     if task is None:
-        raise ValueError(f"no {split} prompts: set model.task or model.{'train' if split == 'train' else 'eval'}"
-                         f"_prompts")
+        raise ValueError(
+            f"no {split} prompts: set model.task or model.{'train' if split == 'train' else 'eval'}_prompts"
+        )
     return task.prompts(split)
 
 

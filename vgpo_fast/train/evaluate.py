@@ -26,6 +26,7 @@ __all__ = ["Evaluator", "pixel_drift"]
 def pixel_drift(images: torch.Tensor, base_images: torch.Tensor) -> float:
     """Mean absolute change of the 8-bit pixel values a saved image holds, in [0, 1]; both float `[B, 3, H, W]`
     in [0, 1]."""
+
     def levels(x: torch.Tensor) -> torch.Tensor:
         return x.float().mul(255).round()
 
@@ -36,8 +37,14 @@ class Evaluator:
     """`eval_reward`: a builder of the accuracy reward (called on first use), or None when it is the training
     reward."""
 
-    def __init__(self, cfg: Config, policy: Policy, reward: RewardModel, pool: dict[str, tuple[str, ...]],
-                 eval_reward: Any = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        policy: Policy,
+        reward: RewardModel,
+        pool: dict[str, tuple[str, ...]],
+        eval_reward: Any = None,
+    ) -> None:
         self.cfg, self.policy, self.reward, self.pool = cfg, policy, reward, pool
         self._eval_reward_factory = eval_reward
         self._eval_scorer: RewardModel | None = None
@@ -47,14 +54,22 @@ class Evaluator:
         return eval_prompt_set(self.pool, self.cfg.run.eval_prompts, self.cfg.run.eval_seeds)
 
     @torch.no_grad()
-    def sample(self, prompts: list[str], seeds: list[int], steps: int | None = None,
-               batch_size: int = 64) -> torch.Tensor:
+    def sample(
+        self, prompts: list[str], seeds: list[int], steps: int | None = None, batch_size: int = 64
+    ) -> torch.Tensor:
         """Deterministic ODE samples of the current policy (EMA weights when enabled): float `[B, 3, H, W]`
         in [0, 1]; noise i drawn from seed `seeds[i]`."""
         self.policy.forward_model.eval()
         with self.policy.ema_weights():
-            return sample_images(self.policy.pipe, prompts, seeds, steps or self.cfg.run.eval_steps,
-                                 self.cfg.rollout.guidance_scale, self.cfg.rollout.shift, batch_size)
+            return sample_images(
+                self.policy.pipe,
+                prompts,
+                seeds,
+                steps or self.cfg.run.eval_steps,
+                self.cfg.rollout.guidance_scale,
+                self.cfg.rollout.shift,
+                batch_size,
+            )
 
     def evaluate(self, base_images: torch.Tensor | None = None) -> tuple[dict[str, float], torch.Tensor]:
         """Held-out scores and the images.
@@ -68,8 +83,10 @@ class Evaluator:
         prompts, seeds = self.eval_set()
         images = self.sample(prompts, seeds)
         if base_images is not None and base_images.shape != images.shape:
-            raise ValueError(f"base_images must match the held-out samples {tuple(images.shape)}, got "
-                             f"{tuple(base_images.shape)} (run.eval_prompts / eval_seeds changed?)")
+            raise ValueError(
+                f"base_images must match the held-out samples {tuple(images.shape)}, got "
+                f"{tuple(base_images.shape)} (run.eval_prompts / eval_seeds changed?)"
+            )
         if self._eval_scorer is None and self._eval_reward_factory is not None:
             self._eval_scorer = self._eval_reward_factory()
         scores = {"heldout_reward": float(self.reward.score(images, prompts).mean())}

@@ -19,8 +19,9 @@ def _to_uint8_hwc(images: Any) -> Any:
 
     if hasattr(images, "detach"):  # torch.Tensor
         if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
-            raise ValueError(f"images tensor must be float [B, 3, H, W] in [0, 1], got {images.dtype} "
-                             f"{tuple(images.shape)}")
+            raise ValueError(
+                f"images tensor must be float [B, 3, H, W] in [0, 1], got {images.dtype} {tuple(images.shape)}"
+            )
         x = (images.detach().float().clamp(0, 1) * 255).round().to("cpu").numpy().astype(np.uint8)
         return x.transpose(0, 2, 3, 1)
     x = np.asarray(images)
@@ -67,8 +68,9 @@ def save_image_grid(
     cols, rows, width, height = grid_geometry(b, h, w, nrow, scale)
     per_image = labels is not None and len(labels) == b
     if labels is not None and not per_image and len(labels) != cols:
-        raise ValueError(f"labels must have B={b} (one per image) or {cols} (one per column) entries, "
-                         f"got {len(labels)}")
+        raise ValueError(
+            f"labels must have B={b} (one per image) or {cols} (one per column) entries, got {len(labels)}"
+        )
 
     font = ImageFont.load_default()
     band = 0
@@ -84,7 +86,7 @@ def save_image_grid(
     for k in range(b):
         r, c = divmod(k, nrow)
         y0, x0 = GUTTER + r * row_h, GUTTER + c * (cell_w + GUTTER)
-        canvas[y0:y0 + cell_h, x0:x0 + cell_w] = big[k]
+        canvas[y0 : y0 + cell_h, x0 : x0 + cell_w] = big[k]
     img = Image.fromarray(canvas)
 
     if labels is not None:

@@ -35,6 +35,7 @@ PLOTS = {
     "timings": "Time per phase",
 }
 
+
 def _value(record: dict[str, Any], field: str) -> Any:
     """record[field]; "a/b" reads record["a"]["b"]. None when missing."""
     for part in field.split("/"):
@@ -86,8 +87,15 @@ def _plot_reward(records: list[dict[str, Any]], path: Path) -> bool:
         band = [(i, m, std[i]) for i, m in zip(its, mean, strict=True) if i in std]
         if band:
             bi = [i for i, _, _ in band]
-            ax.fill_between(bi, [m - s for _, m, s in band], [m + s for _, m, s in band], color="C0", alpha=0.2,
-                            linewidth=0, label="± batch std")
+            ax.fill_between(
+                bi,
+                [m - s for _, m, s in band],
+                [m + s for _, m, s in band],
+                color="C0",
+                alpha=0.2,
+                linewidth=0,
+                label="± batch std",
+            )
     if h_its:
         ax.plot(h_its, held, color="C3", marker="o", label="held-out reward (ODE samples)")
     a_its, acc = _series(records, "heldout_accuracy")
@@ -141,8 +149,10 @@ def _plot_instant_reward(records: list[dict[str, Any]], path: Path, n_lines: int
     fig, axes = _figure()
     ax = axes[0, 0]
     for r in chosen:
-        y = [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
-             for v in r["instant_reward"]]
+        y = [
+            float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+            for v in r["instant_reward"]
+        ]
         ax.plot(range(len(y)), y, marker=".", color=cmap(norm(r["iteration"])), label=f"iteration {r['iteration']}")
     fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="iteration")
     ax.set_xlabel("denoising step j")
@@ -171,7 +181,7 @@ def _plot_loss(records: list[dict[str, Any]], path: Path) -> bool:
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize="small")
-    for ax in flat[len(panels):]:
+    for ax in flat[len(panels) :]:
         ax.set_visible(False)
     fig.savefig(path)
     return True
@@ -194,10 +204,18 @@ def timing_breakdown(records: list[dict[str, Any]]) -> dict[str, Any]:
     totals = [float(r["timings"]["total"]) for r in rows if _number(r["timings"].get("total"))]
     means = {k: sum(v) / len(rows) for k, v in phases.items()}
     total = sum(totals) / len(totals) if totals else sum(means.values())
-    evals = [float(r["timings"]["eval"]) for r in records
-             if isinstance(r.get("timings"), dict) and _number(r["timings"].get("eval"))]
-    return {"phases": means, "total": total, "share": {k: m / total if total > 0 else 0.0 for k, m in means.items()},
-            "eval_mean": sum(evals) / len(evals) if evals else None, "evaluations": len(evals)}
+    evals = [
+        float(r["timings"]["eval"])
+        for r in records
+        if isinstance(r.get("timings"), dict) and _number(r["timings"].get("eval"))
+    ]
+    return {
+        "phases": means,
+        "total": total,
+        "share": {k: m / total if total > 0 else 0.0 for k, m in means.items()},
+        "eval_mean": sum(evals) / len(evals) if evals else None,
+        "evaluations": len(evals),
+    }
 
 
 def _plot_timings(records: list[dict[str, Any]], path: Path, max_bars: int = 60) -> bool:
@@ -232,8 +250,13 @@ def _plot_timings(records: list[dict[str, Any]], path: Path, max_bars: int = 60)
         bottom += binned
     if has_total:
         t = col("total")
-        ax.plot(x, [np.nanmean(t[b]) if np.isfinite(t[b]).any() else np.nan for b in bins], color="k",
-                marker="." if len(x) < 30 else None, label="total")
+        ax.plot(
+            x,
+            [np.nanmean(t[b]) if np.isfinite(t[b]).any() else np.nan for b in bins],
+            color="k",
+            marker="." if len(x) < 30 else None,
+            label="total",
+        )
     ax.set_xlabel("iteration" if len(bins) == len(rows) else f"iteration (mean over bins of ~{len(rows) // len(bins)})")
     ax.set_ylabel("seconds")
     ax.grid(alpha=0.3, axis="y")

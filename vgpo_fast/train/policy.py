@@ -57,15 +57,22 @@ class Policy:
             self.reference = copy.deepcopy(model).requires_grad_(False).eval()
         if m.fp8:
             if device.type == "cpu":
-                warnings.warn("model.fp8 on a CPU: float8 matmuls are emulated (measured 2.5x slower than eager on "
-                              "a tiny SD3 model); FP8 pays off on Hopper-class GPUs", stacklevel=2)
+                warnings.warn(
+                    "model.fp8 on a CPU: float8 matmuls are emulated (measured 2.5x slower than eager on "
+                    "a tiny SD3 model); FP8 pays off on Hopper-class GPUs",
+                    stacklevel=2,
+                )
             enable_fp8_training(model, device=device)
         self.model = model
-        self.train_module = distributed.wrap_model(model, lora=m.lora, device=device,
-                                                   extra_sharded=[self.reference] if self.reference else [])
+        self.train_module = distributed.wrap_model(
+            model, lora=m.lora, device=device, extra_sharded=[self.reference] if self.reference else []
+        )
         self.forward_model = maybe_compile(model, "default" if m.compile else None)
-        self.train_model = (self.forward_model if self.train_module is model
-                            else maybe_compile(self.train_module, "default" if m.compile else None))
+        self.train_model = (
+            self.forward_model
+            if self.train_module is model
+            else maybe_compile(self.train_module, "default" if m.compile else None)
+        )
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.ema = [p.detach().clone() for p in self.params] if cfg.optim.ema else None
         self._uncond: Embeddings | None = None
@@ -76,16 +83,18 @@ class Policy:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.precision.dtype)
 
-    def velocity(self, net: nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond: Embeddings,
-                 uncond: Embeddings | None) -> torch.Tensor:
+    def velocity(
+        self, net: nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond: Embeddings, uncond: Embeddings | None
+    ) -> torch.Tensor:
         """The CFG velocity `[B, C, H, W]` of `net` at `x` (sigma `[B]`), in x's dtype (float32 for float32 x)."""
         with self.autocast():
             v = velocity(net, x, sigma, cond[0], cond[1], self.cfg.rollout.guidance_scale, uncond)
         return v.float() if x.dtype == torch.float32 else v.to(x.dtype)
 
     @torch.no_grad()
-    def reference_velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Embeddings,
-                           uncond: Embeddings | None) -> torch.Tensor:
+    def reference_velocity(
+        self, x: torch.Tensor, sigma: torch.Tensor, cond: Embeddings, uncond: Embeddings | None
+    ) -> torch.Tensor:
         """The reference policy's velocity: the frozen copy, or the model with its adapters disabled."""
         if self.reference is not None:
             return self.velocity(self.reference, x, sigma, cond, uncond)
@@ -134,8 +143,10 @@ class Policy:
         params = dict(self.model.named_parameters())
         missing = [n for n in (names for names, p in params.items() if p.requires_grad) if n not in state]
         if missing or any(n not in params for n in state):
-            raise ValueError(f"checkpoint weights do not match the model: missing {missing[:3]}, "
-                             f"unexpected {[n for n in state if n not in params][:3]}")
+            raise ValueError(
+                f"checkpoint weights do not match the model: missing {missing[:3]}, "
+                f"unexpected {[n for n in state if n not in params][:3]}"
+            )
         for n, t in state.items():
             distributed.copy_full_into(params[n], t)
 

@@ -31,8 +31,20 @@ from .plots import PLOTS, _series, _sorted, plot_metrics, timing_breakdown
 __all__ = ["GUTTER", "PLOTS", "grid_geometry", "plot_metrics", "save_image_grid", "timing_breakdown", "write_report"]
 
 # Fields summarised in the report's statistics table (timings/total reads the nested dict).
-_STAT_FIELDS = ["reward_mean", "heldout_reward", "heldout_accuracy", "heldout_drift", "group_std_mean",
-                "zero_std_frac", "loss", "approx_kl", "kl", "clip_frac", "grad_norm", "timings/total"]
+_STAT_FIELDS = [
+    "reward_mean",
+    "heldout_reward",
+    "heldout_accuracy",
+    "heldout_drift",
+    "group_std_mean",
+    "zero_std_frac",
+    "loss",
+    "approx_kl",
+    "kl",
+    "clip_frac",
+    "grad_norm",
+    "timings/total",
+]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -138,8 +150,17 @@ def write_report(
     figures = [(PLOTS[name], path.relative_to(run_dir).as_posix()) for name, path in plots.items()]
     grid_figures = [(str(caption), _place_grid(run_dir, str(caption), p)) for caption, p in (grids or {}).items()]
 
-    h = ["<!DOCTYPE html>", "<html lang=\"en\">", "<head>", "<meta charset=\"utf-8\">", f"<title>{e(title)}</title>",
-         f"<style>\n{_CSS}\n</style>", "</head>", "<body>", f"<h1>{e(title)}</h1>"]
+    h = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        f"<title>{e(title)}</title>",
+        f"<style>\n{_CSS}\n</style>",
+        "</head>",
+        "<body>",
+        f"<h1>{e(title)}</h1>",
+    ]
     md = [f"# {title}", ""]
     if summary_rows:
         h += ["<h2>Summary</h2>", *_html_table(["", "value"], summary_rows)]
@@ -154,16 +175,30 @@ def write_report(
         md += [f"## {heading}", ""]
         for caption, rel in section:
             src = e(quote(rel))
-            h += [f"<figure><img src=\"{src}\" alt=\"{e(caption)}\"><figcaption>{e(caption)}</figcaption></figure>"]
+            h += [f'<figure><img src="{src}" alt="{e(caption)}"><figcaption>{e(caption)}</figcaption></figure>']
             alt = re.sub(r"([\\\[\]])", r"\\\1", caption)
             md += [f"**{caption}**", "", f"![{alt}]({quote(rel)})", ""]
     if config is not None:
         lang, text = _config_text(config)
-        h += ["<h2>Config</h2>", "<details><summary>Show config</summary>", f"<pre><code>{e(text)}</code></pre>",
-              "</details>"]
+        h += [
+            "<h2>Config</h2>",
+            "<details><summary>Show config</summary>",
+            f"<pre><code>{e(text)}</code></pre>",
+            "</details>",
+        ]
         fence = "`" * max(3, 1 + max((len(m) for m in re.findall(r"`+", text)), default=0))
-        md += ["## Config", "", "<details><summary>Show config</summary>", "", f"{fence}{lang}", text.rstrip("\n"),
-               fence, "", "</details>", ""]
+        md += [
+            "## Config",
+            "",
+            "<details><summary>Show config</summary>",
+            "",
+            f"{fence}{lang}",
+            text.rstrip("\n"),
+            fence,
+            "",
+            "</details>",
+            "",
+        ]
     h += ["</body>", "</html>", ""]
 
     html_path = run_dir / "report.html"

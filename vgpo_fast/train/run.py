@@ -61,8 +61,10 @@ def train(cfg: Config, *, resume: bool = False, trainer: Trainer | None = None, 
     distributed.barrier("the start barrier")
     log(f"precision: {trainer.policy.precision.summary}")
     if world.enabled:
-        log(f"{world.size} ranks ({world.backend}); rollout chunks of "
-            f"{cfg.rollout.chunk_size or cfg.rollout.group_size} trajectories")
+        log(
+            f"{world.size} ranks ({world.backend}); rollout chunks of "
+            f"{cfg.rollout.chunk_size or cfg.rollout.group_size} trajectories"
+        )
     start, user = 0, {}
     if resume and has_ckpt:
         path = latest_checkpoint(run_dir)
@@ -70,8 +72,15 @@ def train(cfg: Config, *, resume: bool = False, trainer: Trainer | None = None, 
         log(f"resumed from {path} (iteration {start})")
     elif resume:
         log(f"--resume: no checkpoint in {run_dir}, starting from iteration 0")
-    metrics = (MetricsWriter(run_dir / "metrics.jsonl", tensorboard_dir=run_dir / "tb" if cfg.run.tensorboard else None,
-                             resume_from_iteration=start - 1 if resume else None) if main else _NoMetrics())
+    metrics = (
+        MetricsWriter(
+            run_dir / "metrics.jsonl",
+            tensorboard_dir=run_dir / "tb" if cfg.run.tensorboard else None,
+            resume_from_iteration=start - 1 if resume else None,
+        )
+        if main
+        else _NoMetrics()
+    )
     t_run = time.perf_counter()
     do_eval = cfg.run.eval_every > 0 and trainer.task is not None
     it = start
@@ -92,8 +101,10 @@ def train(cfg: Config, *, resume: bool = False, trainer: Trainer | None = None, 
                 rec = trainer.iteration(it)
             except RewardError as exc:
                 _save(trainer, run_dir, it, user)
-                raise TrainingInterrupted(f"iteration {it}: {exc}; checkpoint of iteration {it} saved in {run_dir} "
-                                          f"— fix the reward and run again with --resume") from exc
+                raise TrainingInterrupted(
+                    f"iteration {it}: {exc}; checkpoint of iteration {it} saved in {run_dir} "
+                    f"— fix the reward and run again with --resume"
+                ) from exc
             if do_eval and ((it + 1) % cfg.run.eval_every == 0 or it + 1 == cfg.train.iterations):
                 t0 = time.perf_counter()
                 rec.heldout, _ = trainer.evaluate(base_images)
@@ -185,16 +196,29 @@ def _save(trainer: Trainer, run_dir: Path, step: int, extra: dict[str, Any]) -> 
     trainable, optimizer_state, ema = trainer.trainable_state(), trainer.optimizer_state(), trainer.ema_state()
     if not trainer.world.is_main:
         return None
-    return save_checkpoint(run_dir, step, trainable=trainable, optimizer_state=optimizer_state, config=to_dict(cfg),
-                           user=extra, extra_tensors=ema, keep=cfg.run.keep_checkpoints)
+    return save_checkpoint(
+        run_dir,
+        step,
+        trainable=trainable,
+        optimizer_state=optimizer_state,
+        config=to_dict(cfg),
+        user=extra,
+        extra_tensors=ema,
+        keep=cfg.run.keep_checkpoints,
+    )
 
 
 def _lost_rank(exc: RuntimeError, run_dir: Path, it: int) -> TrainingInterrupted:
     last = latest_checkpoint(run_dir)
-    where = f"the last checkpoint is {last} ({int(last.name.split('_')[-1])} iterations done)" if last is not None \
+    where = (
+        f"the last checkpoint is {last} ({int(last.name.split('_')[-1])} iterations done)"
+        if last is not None
         else f"no checkpoint was written in {run_dir}"
-    return TrainingInterrupted(f"{exc} during iteration {it}; the job stops: {where}; nothing after it is kept — "
-                               f"run again with --resume (on any number of processes)")
+    )
+    return TrainingInterrupted(
+        f"{exc} during iteration {it}; the job stops: {where}; nothing after it is kept — "
+        f"run again with --resume (on any number of processes)"
+    )
 
 
 def _grid(images: torch.Tensor, trainer: Trainer, path: Path) -> None:
@@ -206,8 +230,9 @@ def _grid(images: torch.Tensor, trainer: Trainer, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- end
-def _finish(cfg: Config, trainer: Trainer, run_dir: Path, user: dict[str, Any], seconds: float, do_eval: bool,
-            log) -> dict[str, Any]:
+def _finish(
+    cfg: Config, trainer: Trainer, run_dir: Path, user: dict[str, Any], seconds: float, do_eval: bool, log
+) -> dict[str, Any]:
     records = read_metrics(run_dir / "metrics.jsonl")
     summary = _summary(cfg, records, user, seconds)
     summary["precision"] = trainer.policy.precision.name
@@ -218,10 +243,19 @@ def _finish(cfg: Config, trainer: Trainer, run_dir: Path, user: dict[str, Any], 
     if cfg.run.report:
         from vgpo_fast.train.report import write_report
 
-        grids = {k: run_dir / f"samples_{k}.png" for k in ("before", "after")
-                 if (run_dir / f"samples_{k}.png").is_file()}
-        summary["report"] = str(write_report(run_dir, records, title=f"{cfg.run.name}: {cfg.algorithm.name}",
-                                             summary=summary, grids=grids, config=to_dict(cfg)))
+        grids = {
+            k: run_dir / f"samples_{k}.png" for k in ("before", "after") if (run_dir / f"samples_{k}.png").is_file()
+        }
+        summary["report"] = str(
+            write_report(
+                run_dir,
+                records,
+                title=f"{cfg.run.name}: {cfg.algorithm.name}",
+                summary=summary,
+                grids=grids,
+                config=to_dict(cfg),
+            )
+        )
     for key in ("heldout_reward", "heldout_accuracy"):
         if f"{key}_before" in summary:
             after = summary.get(f"{key}_after", float("nan"))
@@ -232,8 +266,12 @@ def _finish(cfg: Config, trainer: Trainer, run_dir: Path, user: dict[str, Any], 
 def _summary(cfg: Config, records: list[dict[str, Any]], user: dict[str, Any], seconds: float) -> dict[str, Any]:
     evals = [r for r in records if r.get("heldout_reward") is not None and r["iteration"] >= 0]
     records = [r for r in records if r["iteration"] >= 0]
-    out: dict[str, Any] = {"algorithm": cfg.algorithm.name, "precision": cfg.train.mixed_precision,
-                           "iterations": len(records), "wall_seconds_this_session": round(seconds, 1)}
+    out: dict[str, Any] = {
+        "algorithm": cfg.algorithm.name,
+        "precision": cfg.train.mixed_precision,
+        "iterations": len(records),
+        "wall_seconds_this_session": round(seconds, 1),
+    }
     for key, value in user.get("heldout_before", {}).items():
         out[f"{key}_before"] = value
         if evals and key in evals[-1]:

@@ -19,15 +19,24 @@ from vgpo_fast.train.checkpoint import latest_checkpoint
 from vgpo_fast.train.config import Config, load
 from vgpo_fast.train.config_io import to_dict
 
-__all__ = ["BASE_IMAGES", "check_resume_config", "choose_run_dir", "load_images", "run_dir_of", "save_images",
-           "write_config"]
+__all__ = [
+    "BASE_IMAGES",
+    "check_resume_config",
+    "choose_run_dir",
+    "load_images",
+    "run_dir_of",
+    "save_images",
+    "write_config",
+]
 
 BASE_IMAGES = "heldout_base.npy"  # the base model's held-out samples, uint8 [B, 3, H, W], for heldout_drift
 
 # Changing these on --resume does not change what the run computes (or only where it must: a moved server).
-RESUME_MAY_CHANGE = {"train": ("iterations",),
-                     "reward": ("reward", "overlap", "max_in_flight", "worker_threads", "worker"),
-                     "model": ("device",)}
+RESUME_MAY_CHANGE = {
+    "train": ("iterations",),
+    "reward": ("reward", "overlap", "max_in_flight", "worker_threads", "worker"),
+    "model": ("device",),
+}
 
 
 def run_dir_of(cfg: Config) -> Path:
@@ -68,8 +77,10 @@ def check_resume_config(run_dir: Path, cfg: Config) -> None:
     old, new = _comparable(load(saved)), _comparable(cfg)
     diffs = [f"{s}.{k}" for s in new for k in new[s] if old.get(s, {}).get(k) != new[s][k]]
     if diffs:
-        raise ValueError(f"--resume with a config that differs from {saved} in {diffs[:5]}: resume with the same "
-                         f"config (train.iterations may grow, the reward server may move) or start a new run.name")
+        raise ValueError(
+            f"--resume with a config that differs from {saved} in {diffs[:5]}: resume with the same "
+            f"config (train.iterations may grow, the reward server may move) or start a new run.name"
+        )
 
 
 def write_config(run_dir: Path, cfg: Config, notes: list[str] = ()) -> None:

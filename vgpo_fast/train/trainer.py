@@ -50,8 +50,14 @@ class Trainer:
     `pipeline` / `reward` replace the ones the config names (tests pass tiny ones). The caller decides about
     resuming (see `vgpo_fast.train.run.train`)."""
 
-    def __init__(self, cfg: Config, *, pipeline: FlowPipeline | None = None, reward: RewardModel | None = None,
-                 log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        pipeline: FlowPipeline | None = None,
+        reward: RewardModel | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
         self.cfg, self.log = cfg, log
         self.world = distributed.world()
         if cfg.run.threads:
@@ -70,25 +76,37 @@ class Trainer:
         self.reward_pipeline = self.make_reward_pipeline(self.reward_steps, cfg.reward.overlap)
         self._check_sharded_chunks()
         o = cfg.optim
-        self.optimizer = torch.optim.AdamW(self.policy.params, lr=o.lr, betas=tuple(o.betas),
-                                           weight_decay=o.weight_decay, eps=o.eps)
+        self.optimizer = torch.optim.AdamW(
+            self.policy.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps
+        )
         self._evaluator: Evaluator | None = None
 
     def make_reward_pipeline(self, steps: Any, overlap: bool) -> RewardPipeline:
         """A reward pipeline over this run's reward and decoder scoring `steps` (a `reward.steps` spec)."""
         r = self.cfg.reward
-        return RewardPipeline(self.reward, self.pipe.decode, self.cfg.rollout.steps, reward_steps=steps,
-                              overlap=overlap, max_in_flight=r.max_in_flight, worker_threads=r.worker_threads)
+        return RewardPipeline(
+            self.reward,
+            self.pipe.decode,
+            self.cfg.rollout.steps,
+            reward_steps=steps,
+            overlap=overlap,
+            max_in_flight=r.max_in_flight,
+            worker_threads=r.worker_threads,
+        )
 
     def _check_sharded_chunks(self) -> None:
         if not distributed.is_sharded(self.policy.train_module):
             return
-        n, chunk = self.cfg.rollout.prompts_per_iter * self.cfg.rollout.group_size, \
-            self.cfg.rollout.chunk_size or self.cfg.rollout.group_size
+        n, chunk = (
+            self.cfg.rollout.prompts_per_iter * self.cfg.rollout.group_size,
+            self.cfg.rollout.chunk_size or self.cfg.rollout.group_size,
+        )
         if -(-n // chunk) % self.world.size:
-            raise ValueError(f"full fine-tuning (FSDP2) on {self.world.size} ranks needs a number of rollout "
-                             f"chunks that is a multiple of it (every forward is a collective): {n} trajectories "
-                             f"in chunks of rollout.chunk_size={chunk} make {-(-n // chunk)}")
+            raise ValueError(
+                f"full fine-tuning (FSDP2) on {self.world.size} ranks needs a number of rollout "
+                f"chunks that is a multiple of it (every forward is a collective): {n} trajectories "
+                f"in chunks of rollout.chunk_size={chunk} make {-(-n // chunk)}"
+            )
 
     # The policy's parts, under the names the run loop, the CLI and the tests use.
     @property
@@ -108,18 +126,28 @@ class Trainer:
         """The P training prompts of `iteration`."""
         return iteration_prompts(self.cfg, prompt_pool(self.cfg, self.task, "train"), iteration)
 
-    def rollout(self, iteration: int, *, reward_pipeline: RewardPipeline | None = None,
-                probe: RolloutProbe | None = None) -> RolloutBatch:
+    def rollout(
+        self, iteration: int, *, reward_pipeline: RewardPipeline | None = None, probe: RolloutProbe | None = None
+    ) -> RolloutBatch:
         """P x G trajectories of `iteration` with every evaluated projection scored (`rollout.collect`);
         `reward_pipeline` replaces the trainer's own (the profiler's modes), `probe` stamps every call."""
         G = self.cfg.rollout.group_size
         prompts = [p for p in self.sample_prompts(iteration) for _ in range(G)]
-        return collect(self.cfg, self.policy, prompts, self.sigmas,
-                       reward_pipeline if reward_pipeline is not None else self.reward_pipeline,
-                       iteration=iteration, world=self.world, device=self.device, probe=probe)
+        return collect(
+            self.cfg,
+            self.policy,
+            prompts,
+            self.sigmas,
+            reward_pipeline if reward_pipeline is not None else self.reward_pipeline,
+            iteration=iteration,
+            world=self.world,
+            device=self.device,
+            probe=probe,
+        )
 
-    def advantages(self, batch: RolloutBatch, estimator_name: str | None = None,
-                   steps: list[int] | None = None) -> tuple[AdvantageResult, torch.Tensor]:
+    def advantages(
+        self, batch: RolloutBatch, estimator_name: str | None = None, steps: list[int] | None = None
+    ) -> tuple[AdvantageResult, torch.Tensor]:
         """(advantages of the batch, `[P]` bool mask of groups kept: all rewards of `steps` finite). The
         estimator is `algorithm.name`'s unless named; `steps` default to this run's reward steps."""
         cfg = self.cfg
@@ -139,8 +167,17 @@ class Trainer:
 
     def update(self, batch: RolloutBatch, adv: AdvantageResult, keep: torch.Tensor, iteration: int) -> UpdateStats:
         """Inner epochs of PPO-clip updates on `batch` (`train.update`)."""
-        return update(self.policy, self.optimizer, batch, adv.advantages, keep, self.cfg, iteration=iteration,
-                      world=self.world, device=self.device)
+        return update(
+            self.policy,
+            self.optimizer,
+            batch,
+            adv.advantages,
+            keep,
+            self.cfg,
+            iteration=iteration,
+            world=self.world,
+            device=self.device,
+        )
 
     def iteration(self, iteration: int) -> IterationRecord:
         """Rollout, advantages and update of one iteration; returns its record."""
@@ -151,12 +188,29 @@ class Trainer:
         t_adv = time.perf_counter()
         stats = self.update(batch, adv, keep, iteration)
         t_train = time.perf_counter()
-        return self.record(iteration, batch, adv, keep, stats,
-                           {"rollout": t_rollout - t0, "advantage": t_adv - t_rollout, "train": t_train - t_adv,
-                            "total": t_train - t0})
+        return self.record(
+            iteration,
+            batch,
+            adv,
+            keep,
+            stats,
+            {
+                "rollout": t_rollout - t0,
+                "advantage": t_adv - t_rollout,
+                "train": t_train - t_adv,
+                "total": t_train - t0,
+            },
+        )
 
-    def record(self, iteration: int, batch: RolloutBatch, adv: AdvantageResult, keep: torch.Tensor,
-               stats: UpdateStats, phases: dict[str, float]) -> IterationRecord:
+    def record(
+        self,
+        iteration: int,
+        batch: RolloutBatch,
+        adv: AdvantageResult,
+        keep: torch.Tensor,
+        stats: UpdateStats,
+        phases: dict[str, float],
+    ) -> IterationRecord:
         P, G, T = self.cfg.rollout.prompts_per_iter, self.cfg.rollout.group_size, self.cfg.rollout.steps
         R = batch.rewards.reshape(P, G, T)[keep]
         r = R[..., -1]
@@ -169,9 +223,16 @@ class Trainer:
         encode = batch.timings.get("encode", 0.0)
         gather = batch.timings.get("all_gather", 0.0)
         wait = min(rollout - transformer - gather - encode, rt.get("wait", 0.0))
-        timings = Timings(transformer=transformer, sde_op=max(0.0, rollout - transformer - wait - gather - encode),
-                          reward_wait=wait, advantage=phases["advantage"], train=phases["train"],
-                          total=phases["total"], encode=encode, all_gather=gather if self.world.enabled else None)
+        timings = Timings(
+            transformer=transformer,
+            sde_op=max(0.0, rollout - transformer - wait - gather - encode),
+            reward_wait=wait,
+            advantage=phases["advantage"],
+            train=phases["train"],
+            total=phases["total"],
+            encode=encode,
+            all_gather=gather if self.world.enabled else None,
+        )
         nan = float("nan")
         return IterationRecord(
             iteration=iteration,
@@ -180,10 +241,13 @@ class Trainer:
             group_std_mean=float(group_std.mean()) if r.numel() else nan,
             zero_std_frac=float((group_std < 1e-6).float().mean()) if r.numel() else nan,
             dropped_groups=int((~keep).sum()),
-            advantage_mean=float(adv.advantages.mean()), advantage_std=float(adv.advantages.std()),
+            advantage_mean=float(adv.advantages.mean()),
+            advantage_std=float(adv.advantages.std()),
             advantage_abs_mean=float(adv.advantages.abs().mean()),
-            q_mean=float(adv.returns.mean()), omega_mean=float(adv.omega.mean()),
-            omega_min=float(adv.omega.min()), omega_max=float(adv.omega.max()),
+            q_mean=float(adv.returns.mean()),
+            omega_mean=float(adv.omega.mean()),
+            omega_min=float(adv.omega.min()),
+            omega_max=float(adv.omega.max()),
             omega_fallback_frac=adv.omega_fallback_frac,
             update=stats,
             overlap_frac=float(rt.get("overlap_frac", 0.0)),
@@ -197,17 +261,22 @@ class Trainer:
     def evaluator(self) -> Evaluator:
         if self._evaluator is None:
             task = self.task
-            eval_reward = (lambda: build_reward(task.eval_reward)) if task is not None and \
-                task.eval_reward != task.reward else None
-            self._evaluator = Evaluator(self.cfg, self.policy, self.reward,
-                                        prompt_pool(self.cfg, task, "held_out"), eval_reward)
+            eval_reward = (
+                (lambda: build_reward(task.eval_reward))
+                if task is not None and task.eval_reward != task.reward
+                else None
+            )
+            self._evaluator = Evaluator(
+                self.cfg, self.policy, self.reward, prompt_pool(self.cfg, task, "held_out"), eval_reward
+            )
         return self._evaluator
 
     def eval_set(self) -> tuple[list[str], list[int]]:
         return self.evaluator.eval_set()
 
-    def sample(self, prompts: list[str], seeds: list[int], steps: int | None = None,
-               batch_size: int = 64) -> torch.Tensor:
+    def sample(
+        self, prompts: list[str], seeds: list[int], steps: int | None = None, batch_size: int = 64
+    ) -> torch.Tensor:
         return self.evaluator.sample(prompts, seeds, steps, batch_size)
 
     def evaluate(self, base_images: torch.Tensor | None = None) -> tuple[dict[str, float], torch.Tensor]:

@@ -76,9 +76,17 @@ def train_steps_per_trajectory(cfg: Config) -> int:
     return k if cfg.train.steps_per_iter is None else min(k, cfg.train.steps_per_iter)
 
 
-def _micro_step(policy: Policy, cfg: Config, batch: RolloutBatch, A: torch.Tensor, idx: torch.Tensor,
-                steps: torch.Tensor, sig: torch.Tensor, conditioning: Conditioning,
-                device: torch.device) -> _MicroStep:
+def _micro_step(
+    policy: Policy,
+    cfg: Config,
+    batch: RolloutBatch,
+    A: torch.Tensor,
+    idx: torch.Tensor,
+    steps: torch.Tensor,
+    sig: torch.Tensor,
+    conditioning: Conditioning,
+    device: torch.device,
+) -> _MicroStep:
     """Loss of trajectories `idx [b]` at their steps `steps [b]` (each its own j)."""
     x = batch.latents[steps, idx].to(device)
     x_next = batch.latents[steps + 1, idx].to(device)
@@ -86,20 +94,45 @@ def _micro_step(policy: Policy, cfg: Config, batch: RolloutBatch, A: torch.Tenso
     cond, uncond = conditioning
     v = policy.velocity(policy.train_model, x, sigma, cond, uncond)
     v_ref = policy.reference_velocity(x, sigma, cond, uncond) if cfg.algorithm.beta > 0 else None
-    lp = sde_log_prob(x, v, x_next, sigma, sigma_next, v_ref=v_ref, a=cfg.rollout.noise_level,
-                      sde_type=cfg.rollout.sde_type, reduce=cfg.rollout.reduce, kl_form=cfg.algorithm.kl_form)
+    lp = sde_log_prob(
+        x,
+        v,
+        x_next,
+        sigma,
+        sigma_next,
+        v_ref=v_ref,
+        a=cfg.rollout.noise_level,
+        sde_type=cfg.rollout.sde_type,
+        reduce=cfg.rollout.reduce,
+        kl_form=cfg.algorithm.kl_form,
+    )
     logp_old = batch.logp[steps, idx].to(device)
     adv = A[idx, steps].to(device)
-    out = clipped_policy_loss(lp.logp, logp_old, adv, lp.kl if v_ref is not None else None,
-                              clip=cfg.algorithm.clip_range, beta=cfg.algorithm.beta)
+    out = clipped_policy_loss(
+        lp.logp,
+        logp_old,
+        adv,
+        lp.kl if v_ref is not None else None,
+        clip=cfg.algorithm.clip_range,
+        beta=cfg.algorithm.beta,
+    )
     kl = float(lp.kl.detach().mean()) if v_ref is not None else 0.0
     stats = (float(out.loss.detach()), float(out.clip_frac.detach()), float(out.approx_kl.detach()), kl)
     return _MicroStep(out.loss, stats, float((lp.logp.detach() - logp_old).abs().max()))
 
 
-def update(policy: Policy, optimizer: torch.optim.Optimizer, batch: RolloutBatch, advantages: torch.Tensor,
-           keep: torch.Tensor, cfg: Config, *, iteration: int, world: distributed.World,
-           device: torch.device) -> UpdateStats:
+def update(
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    batch: RolloutBatch,
+    advantages: torch.Tensor,
+    keep: torch.Tensor,
+    cfg: Config,
+    *,
+    iteration: int,
+    world: distributed.World,
+    device: torch.device,
+) -> UpdateStats:
     """Inner epochs of PPO-clip updates on `batch` with `advantages [P, G, T]`, training only the groups of
     `keep [P]`; returns the statistics."""
     P, G, T = cfg.rollout.prompts_per_iter, cfg.rollout.group_size, cfg.rollout.steps
@@ -114,11 +147,10 @@ def update(policy: Policy, optimizer: torch.optim.Optimizer, batch: RolloutBatch
     mb = cfg.train.minibatch_size
     gen = torch.Generator().manual_seed(iteration_seed(cfg.train.seed, iteration, Stream.MINIBATCH_ORDER))
     for _epoch in range(cfg.train.inner_epochs):
-        perm = trajectories[torch.randperm(trajectories.numel(), generator=gen)] if cfg.train.shuffle \
-            else trajectories
-        minibatches = [perm[i:i + mb] for i in range(0, perm.numel(), mb)]
+        perm = trajectories[torch.randperm(trajectories.numel(), generator=gen)] if cfg.train.shuffle else trajectories
+        minibatches = [perm[i : i + mb] for i in range(0, perm.numel(), mb)]
         for start in range(0, len(minibatches), cfg.train.grad_accum):
-            window = minibatches[start:start + cfg.train.grad_accum]
+            window = minibatches[start : start + cfg.train.grad_accum]
             micro = len(window) * plan.shape[1]
             optimizer.zero_grad(set_to_none=True)
             done = 0

@@ -75,8 +75,7 @@ def format_prompt(requirements: Requirements) -> str:
     counts = requirements.counts()
     for spec, count in counts.items():
         if count not in _WORD_NUMBERS.values():
-            raise ValueError(f"requirements holds {count} x {spec}; the grammar counts 1 to "
-                             f"{max(NUMBER_WORDS)}")
+            raise ValueError(f"requirements holds {count} x {spec}; the grammar counts 1 to {max(NUMBER_WORDS)}")
     return " and ".join(_phrase(spec, count) for spec, count in counts.items())
 
 
@@ -86,11 +85,11 @@ def _parse_phrase(phrase: str, prompt: str) -> list[ObjectSpec]:
         raise ValueError(f"prompt {prompt!r} is not in the shapes grammar: cannot read {phrase!r}")
     count = _WORD_NUMBERS[m["num"]]
     if (count > 1) != (m["plural"] == "s"):
-        raise ValueError(f"prompt {prompt!r} is not in the shapes grammar: number and plural disagree in "
-                         f"{phrase!r}")
+        raise ValueError(f"prompt {prompt!r} is not in the shapes grammar: number and plural disagree in {phrase!r}")
     if m["color"] not in COLORS or m["shape"] not in SHAPES:
-        raise ValueError(f"prompt {prompt!r} is not in the shapes grammar: colours are {COLORS}, shapes "
-                         f"{SHAPES}, got {phrase!r}")
+        raise ValueError(
+            f"prompt {prompt!r} is not in the shapes grammar: colours are {COLORS}, shapes {SHAPES}, got {phrase!r}"
+        )
     return [ObjectSpec(m["color"], m["shape"])] * count
 
 
@@ -153,18 +152,29 @@ def category_prompts(category: str) -> list[str]:
     if category == "single_object":
         reqs = [Requirements((o,)) for o in objects]
     elif category == "two_object":
-        reqs = [Requirements((ObjectSpec(c, s1), ObjectSpec(c, s2)))
-                for c in COLORS for s1, s2 in itertools.combinations(SHAPES, 2)]
+        reqs = [
+            Requirements((ObjectSpec(c, s1), ObjectSpec(c, s2)))
+            for c in COLORS
+            for s1, s2 in itertools.combinations(SHAPES, 2)
+        ]
     elif category == "counting":
         reqs = [Requirements((o,) * n) for n in COUNTING_RANGE for o in objects]
     elif category == "colors":
-        reqs = [Requirements((ObjectSpec(c1, s), ObjectSpec(c2, s)))
-                for s in SHAPES for c1, c2 in itertools.combinations(COLORS, 2)]
+        reqs = [
+            Requirements((ObjectSpec(c1, s), ObjectSpec(c2, s)))
+            for s in SHAPES
+            for c1, c2 in itertools.combinations(COLORS, 2)
+        ]
     elif category == "position":
         reqs = [Requirements((a, b), rel) for a in objects for b in objects if a != b for rel in RELATIONS]
     elif category == "color_attr":
-        reqs = [Requirements((ObjectSpec(c1, s1), ObjectSpec(c2, s2)))
-                for s1, s2 in itertools.combinations(SHAPES, 2) for c1 in COLORS for c2 in COLORS if c1 != c2]
+        reqs = [
+            Requirements((ObjectSpec(c1, s1), ObjectSpec(c2, s2)))
+            for s1, s2 in itertools.combinations(SHAPES, 2)
+            for c1 in COLORS
+            for c2 in COLORS
+            if c1 != c2
+        ]
     else:
         raise ValueError(f"category must be one of {CATEGORIES}, got {category!r}")
     return [format_prompt(r) for r in reqs]
@@ -189,8 +199,7 @@ class PromptSplit:
         return self.train if split == "train" else self.held_out
 
 
-def split_prompts(held_out_fraction: float = DEFAULT_HELD_OUT_FRACTION,
-                  salt: str = DEFAULT_SPLIT_SALT) -> PromptSplit:
+def split_prompts(held_out_fraction: float = DEFAULT_HELD_OUT_FRACTION, salt: str = DEFAULT_SPLIT_SALT) -> PromptSplit:
     """Deterministic split: in each category, the scenes (canonical keys) ranked by a salted BLAKE2 hash, the
     first `round(fraction * count)` held out (at least one each side). Prompts of one scene stay together."""
     if not 0.0 < held_out_fraction < 1.0:
@@ -200,8 +209,9 @@ def split_prompts(held_out_fraction: float = DEFAULT_HELD_OUT_FRACTION,
     for category in CATEGORIES:
         prompts = category_prompts(category)
         keys = {p: canonical_key(parse_prompt(p)) for p in prompts}
-        groups = sorted(set(keys.values()),
-                        key=lambda k: hashlib.blake2b(f"{salt}\0{k}".encode(), digest_size=8).digest())
+        groups = sorted(
+            set(keys.values()), key=lambda k: hashlib.blake2b(f"{salt}\0{k}".encode(), digest_size=8).digest()
+        )
         n_held = min(len(groups) - 1, max(1, round(held_out_fraction * len(groups))))
         held = set(groups[:n_held])
         held_out[category] = tuple(p for p in prompts if keys[p] in held)
@@ -209,15 +219,17 @@ def split_prompts(held_out_fraction: float = DEFAULT_HELD_OUT_FRACTION,
     return PromptSplit(train, held_out)
 
 
-def miscaptioned(prompt: str, rng: np.random.Generator | int = 0,
-                 kinds: Sequence[str] = CAPTION_NOISE_KINDS) -> str:
+def miscaptioned(prompt: str, rng: np.random.Generator | int = 0, kinds: Sequence[str] = CAPTION_NOISE_KINDS) -> str:
     """A prompt for a scene that `prompt` describes wrongly by one mistake of `kinds` (drawn uniformly among those
     that apply; see `near_miss`; never more objects than the counting range, which is what fits the image).
     Pretraining on (prompt, scene of the result) pairs is pretraining on noisy captions, as web alt-text is.
     Returns `prompt` itself when no kind applies."""
     requirements = parse_prompt(prompt)
-    applicable = [k for k in near_miss_kinds(requirements) if k in kinds
-                  and not (k == "count_plus" and len(requirements.objects) >= max(COUNTING_RANGE))]
+    applicable = [
+        k
+        for k in near_miss_kinds(requirements)
+        if k in kinds and not (k == "count_plus" and len(requirements.objects) >= max(COUNTING_RANGE))
+    ]
     if not applicable:
         return prompt
     rng = as_rng(rng)

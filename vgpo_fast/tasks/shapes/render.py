@@ -46,11 +46,10 @@ _PALETTE_U8 = {name: np.array(rgb, dtype=np.uint8) for name, rgb in PALETTE.item
 def render_into(scene: Scene, out: np.ndarray) -> np.ndarray:
     """Draws `scene` into `out` uint8 `[H, W, 3]` (H = W = scene.image_size), overwriting it; returns it."""
     if out.shape != (scene.image_size, scene.image_size, 3) or out.dtype != np.uint8:
-        raise ValueError(f"out must be uint8 [{scene.image_size}, {scene.image_size}, 3], got {out.dtype} "
-                         f"{out.shape}")
+        raise ValueError(f"out must be uint8 [{scene.image_size}, {scene.image_size}, 3], got {out.dtype} {out.shape}")
     out[...] = BACKGROUND
     for o in scene.objects:
-        out[o.y:o.y + o.size, o.x:o.x + o.size][shape_mask(o.shape, o.size)] = _PALETTE_U8[o.color]
+        out[o.y : o.y + o.size, o.x : o.x + o.size][shape_mask(o.shape, o.size)] = _PALETTE_U8[o.color]
     return out
 
 
@@ -86,8 +85,7 @@ def sample_prompt_scene(prompt: str, seed: int, image_size: int = DEFAULT_IMAGE_
     return sample_scene(parse_prompt(prompt), image_size, prompt_rng(prompt, seed))
 
 
-def render_prompts(prompts: Sequence[str], seeds: Sequence[int],
-                   image_size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
+def render_prompts(prompts: Sequence[str], seeds: Sequence[int], image_size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
     """uint8 `[B, H, W, 3]` ground-truth images, image i a layout of `prompts[i]` drawn from `seeds[i]`."""
     if len(prompts) != len(seeds):
         raise ValueError(f"seeds must have one entry per prompt: {len(prompts)} prompts, {len(seeds)} seeds")

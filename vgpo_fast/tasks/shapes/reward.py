@@ -35,17 +35,26 @@ class CompositionalReward(RewardModel):
     low = 0.0
     high = 1.0
 
-    def __init__(self, mode: Literal["strict", "partial", "soft"] = "strict", attribute_credit: float = 0.25,
-                 max_color_dist: float | None = None, nonfinite: NonFinitePolicy = "raise") -> None:
+    def __init__(
+        self,
+        mode: Literal["strict", "partial", "soft"] = "strict",
+        attribute_credit: float = 0.25,
+        max_color_dist: float | None = None,
+        nonfinite: NonFinitePolicy = "raise",
+    ) -> None:
         super().__init__(nonfinite)
         if mode not in ("strict", "partial", "soft"):
             raise ValueError(f"mode must be 'strict', 'partial' or 'soft', got {mode!r}")
         if not 0.0 <= attribute_credit <= 0.5:
-            raise ValueError(f"attribute_credit must be in [0, 0.5] (an exact match must outweigh two "
-                             f"partial ones), got {attribute_credit}")
+            raise ValueError(
+                f"attribute_credit must be in [0, 0.5] (an exact match must outweigh two "
+                f"partial ones), got {attribute_credit}"
+            )
         if max_color_dist is not None and not 0.0 < max_color_dist <= 0.5 * min_palette_distance():
-            raise ValueError(f"max_color_dist must be in (0, {0.5 * min_palette_distance():.1f}] so that "
-                             f"colours cannot be confused, got {max_color_dist}")
+            raise ValueError(
+                f"max_color_dist must be in (0, {0.5 * min_palette_distance():.1f}] so that "
+                f"colours cannot be confused, got {max_color_dist}"
+            )
         self.mode = mode
         self.attribute_credit = float(attribute_credit)
         self.max_color_dist = default_max_color_dist() if max_color_dist is None else float(max_color_dist)
@@ -57,15 +66,16 @@ class CompositionalReward(RewardModel):
         images = to_uint8_images(images)
         prompts = list(prompts)
         if len(prompts) != images.shape[0]:
-            raise ValueError(f"prompts must have one entry per image: {images.shape[0]} images, "
-                             f"{len(prompts)} prompts")
+            raise ValueError(f"prompts must have one entry per image: {images.shape[0]} images, {len(prompts)} prompts")
         return self._verdicts(images, [parse_prompt(p) for p in prompts])
 
     def _verdicts(self, images: np.ndarray, requirements: list[Requirements]) -> list[Verdict]:
         detections = detect_objects(images, self.max_color_dist)
         size = images.shape[1]
-        return [evaluate_detections(r, d, size, self.attribute_credit)
-                for r, d in zip(requirements, detections, strict=True)]
+        return [
+            evaluate_detections(r, d, size, self.attribute_credit)
+            for r, d in zip(requirements, detections, strict=True)
+        ]
 
     def _score(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
         requirements = [parse_prompt(p) for p in prompts]
@@ -74,6 +84,10 @@ class CompositionalReward(RewardModel):
             return np.array([float(v.strict) for v in verdicts])
         if self.mode == "soft":
             size = images.shape[1]
-            return np.array([1.0 if v.strict else soft_partial(r, list(v.detections), size, self.attribute_credit)
-                             for v, r in zip(verdicts, requirements, strict=True)])
+            return np.array(
+                [
+                    1.0 if v.strict else soft_partial(r, list(v.detections), size, self.attribute_credit)
+                    for v, r in zip(verdicts, requirements, strict=True)
+                ]
+            )
         return np.array([v.partial for v in verdicts])

@@ -35,8 +35,7 @@ COLORS: tuple[str, ...] = tuple(PALETTE)
 BACKGROUND: tuple[int, int, int] = (128, 128, 128)
 
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
-OPPOSITE_RELATION: dict[str, str] = {"left of": "right of", "right of": "left of", "above": "below",
-                                     "below": "above"}
+OPPOSITE_RELATION: dict[str, str] = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 DEFAULT_IMAGE_SIZE = 24
 MIN_IMAGE_SIZE = 16
@@ -131,8 +130,7 @@ class SceneObject:
     def __post_init__(self) -> None:
         ObjectSpec(self.color, self.shape)
         if self.size < 1 or self.x < 0 or self.y < 0:
-            raise ValueError(f"SceneObject needs size >= 1 and x, y >= 0, got x={self.x} y={self.y} "
-                             f"size={self.size}")
+            raise ValueError(f"SceneObject needs size >= 1 and x, y >= 0, got x={self.x} y={self.y} size={self.size}")
 
     @property
     def center(self) -> tuple[float, float]:
@@ -154,8 +152,9 @@ class Scene:
                 raise ValueError(f"objects must lie inside the {self.image_size} px image, got {o}")
 
 
-def relation_offsets(relation: str, center_a: tuple[float, float],
-                     center_b: tuple[float, float]) -> tuple[float, float]:
+def relation_offsets(
+    relation: str, center_a: tuple[float, float], center_b: tuple[float, float]
+) -> tuple[float, float]:
     """`(along, cross)` px: how far A is from B in the relation's direction (> 0: the relation's side), and
     the offset on the other axis."""
     dx, dy = center_b[0] - center_a[0], center_b[1] - center_a[1]
@@ -170,8 +169,9 @@ def relation_offsets(relation: str, center_a: tuple[float, float],
     raise ValueError(f"relation must be one of {RELATIONS}, got {relation!r}")
 
 
-def relation_holds(relation: str, center_a: tuple[float, float], center_b: tuple[float, float],
-                   image_size: int) -> bool:
+def relation_holds(
+    relation: str, center_a: tuple[float, float], center_b: tuple[float, float], image_size: int
+) -> bool:
     """Verifier's rule: A is `relation` B when A's centroid is at least 15% of the image side away in that
     direction and the direction is dominant (within 45 degrees of the axis)."""
     along, cross = relation_offsets(relation, center_a, center_b)
@@ -187,13 +187,19 @@ def _placement_stages(image_size: int) -> list[tuple[int, int, int, bool]]:
     corner) that fits crowded scenes random placement rarely finds (four objects at 16 px, five at 24)."""
     lo, hi = object_size_range(image_size)
     gap = object_gap(image_size)
-    stages = [(lo, hi, gap, False), (lo, lo, gap, False), (lo, lo, 1, False),
-              (MIN_OBJECT_SIZE, MIN_OBJECT_SIZE, 1, False), (MIN_OBJECT_SIZE, MIN_OBJECT_SIZE, 1, True)]
+    stages = [
+        (lo, hi, gap, False),
+        (lo, lo, gap, False),
+        (lo, lo, 1, False),
+        (MIN_OBJECT_SIZE, MIN_OBJECT_SIZE, 1, False),
+        (MIN_OBJECT_SIZE, MIN_OBJECT_SIZE, 1, True),
+    ]
     return list(dict.fromkeys(stages))
 
 
-def sample_scene(requirements: Requirements, image_size: int = DEFAULT_IMAGE_SIZE,
-                 rng: np.random.Generator | int = 0) -> Scene:
+def sample_scene(
+    requirements: Requirements, image_size: int = DEFAULT_IMAGE_SIZE, rng: np.random.Generator | int = 0
+) -> Scene:
     """A random scene satisfying `requirements`. Objects are placed one after another, each size uniform in
     `object_size_range` and each position uniform over all free positions (no overlap, `object_gap` apart);
     a dead end restarts, and repeated dead ends shrink boxes and gaps (`_placement_stages`). A relation is
@@ -212,8 +218,10 @@ def sample_scene(requirements: Requirements, image_size: int = DEFAULT_IMAGE_SIZ
             sizes = rng.integers(lo, hi + 1, size=n)
             boxes = _place(requirements.relation, sizes, gap, image_size, packed, rng)
             if boxes is not None:
-                objects = tuple(SceneObject(o.color, o.shape, x, y, s)
-                                for o, (x, y, s) in zip(requirements.objects, boxes, strict=True))
+                objects = tuple(
+                    SceneObject(o.color, o.shape, x, y, s)
+                    for o, (x, y, s) in zip(requirements.objects, boxes, strict=True)
+                )
                 return Scene(image_size, objects)
     raise ValueError(f"cannot place {n} objects in a {image_size} px image (requirements={requirements})")
 
@@ -228,8 +236,9 @@ def _positions(image_size: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     return xs, ys
 
 
-def _place(relation: str | None, sizes: np.ndarray, gap: int, image_size: int, packed: bool,
-           rng: np.random.Generator) -> list[tuple[int, int, int]] | None:
+def _place(
+    relation: str | None, sizes: np.ndarray, gap: int, image_size: int, packed: bool, rng: np.random.Generator
+) -> list[tuple[int, int, int]] | None:
     """Boxes `(x, y, size)` placed in order at random free positions (packed: the first free one in scan
     order from a random corner), or None at a dead end."""
     boxes: list[tuple[int, int, int]] = []
@@ -295,8 +304,7 @@ def near_miss(requirements: Requirements, kind: str, rng: np.random.Generator | 
     exchanged: a colour-attribution error).
     """
     if kind not in near_miss_kinds(requirements):
-        raise ValueError(f"kind must be one of {near_miss_kinds(requirements)} for {requirements}, "
-                         f"got {kind!r}")
+        raise ValueError(f"kind must be one of {near_miss_kinds(requirements)} for {requirements}, got {kind!r}")
     rng = as_rng(rng)
     objs = list(requirements.objects)
     if kind in ("color", "shape"):

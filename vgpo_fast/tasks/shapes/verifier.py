@@ -110,7 +110,7 @@ def segment_colors(images: np.ndarray, max_color_dist: float) -> np.ndarray:
         closer = d2 < best_d2
         best_d2 = np.where(closer, d2, best_d2)
         best = np.where(closer, np.int8(k), best)
-    classes = np.where((best_d2 <= max_color_dist ** 2) & (best < len(COLORS)), best, np.int8(-1))
+    classes = np.where((best_d2 <= max_color_dist**2) & (best < len(COLORS)), best, np.int8(-1))
     return classes
 
 
@@ -139,18 +139,21 @@ def label_components(classes: np.ndarray) -> np.ndarray:
         labels = new
 
 
-def classify_shapes(fill: np.ndarray, top_mass: np.ndarray, aspect: np.ndarray,
-                    mirror: np.ndarray) -> np.ndarray:
+def classify_shapes(fill: np.ndarray, top_mass: np.ndarray, aspect: np.ndarray, mirror: np.ndarray) -> np.ndarray:
     """Shape names `[N]` (object array) from component features `[N]`:
 
-        triangle  top mass in TRIANGLE_TOP_MASS, fill in TRIANGLE_FILL
-        square    top mass in ROUND_TOP_MASS, fill >= SQUARE_MIN_FILL
-        circle    top mass in ROUND_TOP_MASS, fill in [CIRCLE_MIN_FILL, SQUARE_MIN_FILL)
-        other     anything else, or aspect > MAX_ASPECT, or mirror < MIN_MIRROR (lopsided blobs)
+    triangle  top mass in TRIANGLE_TOP_MASS, fill in TRIANGLE_FILL
+    square    top mass in ROUND_TOP_MASS, fill >= SQUARE_MIN_FILL
+    circle    top mass in ROUND_TOP_MASS, fill in [CIRCLE_MIN_FILL, SQUARE_MIN_FILL)
+    other     anything else, or aspect > MAX_ASPECT, or mirror < MIN_MIRROR (lopsided blobs)
     """
     regular = (aspect <= MAX_ASPECT) & (mirror >= MIN_MIRROR)
-    triangle = ((top_mass >= TRIANGLE_TOP_MASS[0]) & (top_mass <= TRIANGLE_TOP_MASS[1])
-                & (fill >= TRIANGLE_FILL[0]) & (fill <= TRIANGLE_FILL[1]))
+    triangle = (
+        (top_mass >= TRIANGLE_TOP_MASS[0])
+        & (top_mass <= TRIANGLE_TOP_MASS[1])
+        & (fill >= TRIANGLE_FILL[0])
+        & (fill <= TRIANGLE_FILL[1])
+    )
     balanced = (top_mass > ROUND_TOP_MASS[0]) & (top_mass < ROUND_TOP_MASS[1])
     square = balanced & (fill >= SQUARE_MIN_FILL)
     circle = balanced & (fill >= CIRCLE_MIN_FILL) & (fill < SQUARE_MIN_FILL)
@@ -163,8 +166,7 @@ def classify_shapes(fill: np.ndarray, top_mass: np.ndarray, aspect: np.ndarray,
 
 def _membership(x: np.ndarray | float, lo: float, hi: float, margin: float) -> np.ndarray:
     """1 inside [lo, hi], falling linearly to 0 at `margin` outside it."""
-    dist = np.maximum(lo - np.asarray(x, dtype=np.float64), 0.0) + np.maximum(np.asarray(x, dtype=np.float64) - hi,
-                                                                              0.0)
+    dist = np.maximum(lo - np.asarray(x, dtype=np.float64), 0.0) + np.maximum(np.asarray(x, dtype=np.float64) - hi, 0.0)
     return np.clip(1.0 - dist / margin, 0.0, 1.0)
 
 
@@ -180,14 +182,19 @@ def shape_scores(det: Detection) -> dict[str, float]:
     m = SOFT_MARGINS
     x0, y0, x1, y1 = det.bbox
     bw, bh = x1 - x0 + 1, y1 - y0 + 1
-    regular = float(_membership(max(bw, bh) / min(bw, bh), 0.0, MAX_ASPECT, m["aspect"])
-                    * _membership(det.mirror, MIN_MIRROR, 1.0, m["mirror"]))
+    regular = float(
+        _membership(max(bw, bh) / min(bw, bh), 0.0, MAX_ASPECT, m["aspect"])
+        * _membership(det.mirror, MIN_MIRROR, 1.0, m["mirror"])
+    )
     balanced = float(_membership(det.top_mass, *ROUND_TOP_MASS, m["top_mass"]))
     return {
         "circle": regular * balanced * float(_membership(det.fill, CIRCLE_MIN_FILL, SQUARE_MIN_FILL, m["fill"])),
         "square": regular * balanced * float(_membership(det.fill, SQUARE_MIN_FILL, 1.0, m["fill"])),
-        "triangle": regular * float(_membership(det.top_mass, *TRIANGLE_TOP_MASS, m["top_mass"])
-                                    * _membership(det.fill, *TRIANGLE_FILL, m["fill"])),
+        "triangle": regular
+        * float(
+            _membership(det.top_mass, *TRIANGLE_TOP_MASS, m["top_mass"])
+            * _membership(det.fill, *TRIANGLE_FILL, m["fill"])
+        ),
     }
 
 
@@ -235,10 +242,18 @@ def detect_objects(images: np.ndarray, max_color_dist: float | None = None) -> l
     color_idx = classes.reshape(-1)[roots]
     image_idx = roots // (h * w)
     for k in np.flatnonzero(keep)[np.argsort(-area[keep], kind="stable")]:
-        out[int(image_idx[k])].append(Detection(
-            color=COLORS[int(color_idx[k])], shape=str(shapes[k]), area=int(area[k]),
-            center=(float(cx[k]), float(cy[k])), bbox=(int(x0[k]), int(y0[k]), int(x1[k]), int(y1[k])),
-            fill=float(fill[k]), top_mass=float(top_mass[k]), mirror=float(mirror[k])))
+        out[int(image_idx[k])].append(
+            Detection(
+                color=COLORS[int(color_idx[k])],
+                shape=str(shapes[k]),
+                area=int(area[k]),
+                center=(float(cx[k]), float(cy[k])),
+                bbox=(int(x0[k]), int(y0[k]), int(x1[k]), int(y1[k])),
+                fill=float(fill[k]),
+                top_mass=float(top_mass[k]),
+                mirror=float(mirror[k]),
+            )
+        )
     return out
 
 
@@ -270,8 +285,9 @@ def _max_matching(candidates: list[list[int]], taken: set[int]) -> list[int | No
     return match
 
 
-def evaluate_detections(requirements: Requirements, detections: list[Detection], image_size: int,
-                        attribute_credit: float = 0.25) -> Verdict:
+def evaluate_detections(
+    requirements: Requirements, detections: list[Detection], image_size: int, attribute_credit: float = 0.25
+) -> Verdict:
     """The verdict of one image's `detections` against `requirements` (see the module docstring)."""
     required = requirements.objects
     n_req, n_det = len(required), len(detections)
@@ -287,8 +303,10 @@ def evaluate_detections(requirements: Requirements, detections: list[Detection],
                 used.add(j)
                 break
     rest = [i for i in range(n_req) if match[i] is None]
-    candidates = [[j for j, d in enumerate(detections) if d.color == required[i].color
-                   or d.shape == required[i].shape] for i in rest]
+    candidates = [
+        [j for j, d in enumerate(detections) if d.color == required[i].color or d.shape == required[i].shape]
+        for i in rest
+    ]
     for i, j in zip(rest, _max_matching(candidates, used), strict=True):
         if j is not None:
             match[i], credit[i] = j, attribute_credit
@@ -299,20 +317,30 @@ def evaluate_detections(requirements: Requirements, detections: list[Detection],
     partial = object_score
     if requirements.relation is not None:
         a, b = match
-        relation_ok = (a is not None and b is not None
-                       and relation_holds(requirements.relation, detections[a].center, detections[b].center,
-                                          image_size))
+        relation_ok = (
+            a is not None
+            and b is not None
+            and relation_holds(requirements.relation, detections[a].center, detections[b].center, image_size)
+        )
         strict = strict and relation_ok
         partial = 0.5 * object_score + 0.5 * float(relation_ok) * (credit[0] + credit[1]) / 2
-    return Verdict(strict=bool(strict), partial=1.0 if strict else min(partial, 1.0), n_required=n_req,
-                   n_detected=n_det, n_exact=n_exact, relation_ok=relation_ok, detections=tuple(detections))
+    return Verdict(
+        strict=bool(strict),
+        partial=1.0 if strict else min(partial, 1.0),
+        n_required=n_req,
+        n_detected=n_det,
+        n_exact=n_exact,
+        relation_ok=relation_ok,
+        detections=tuple(detections),
+    )
 
 
 MAX_SOFT_DETECTIONS = 6  # the largest detections the soft matching considers (all count in the F1 denominator)
 
 
-def soft_partial(requirements: Requirements, detections: list[Detection], image_size: int,
-                 attribute_credit: float = 0.25) -> float:
+def soft_partial(
+    requirements: Requirements, detections: list[Detection], image_size: int, attribute_credit: float = 0.25
+) -> float:
     """The partial score with graded shape credit (`mode="soft"`): a required (colour, shape) matched to a
     detection of its colour earns `a + (1 - a) * shape_scores(d)[shape]` (a = attribute_credit; 1 for an exact
     match, a for the right colour in an illegible shape), one of another colour `a * shape_scores(d)[shape]`.
@@ -322,9 +350,15 @@ def soft_partial(requirements: Requirements, detections: list[Detection], image_
     n_req, n_det = len(required), len(detections)
     dets = detections[:MAX_SOFT_DETECTIONS]
     scores = [shape_scores(d) for d in dets]
-    credit_of = [[(attribute_credit + (1 - attribute_credit) * sc[spec.shape]) if d.color == spec.color
-                  else attribute_credit * sc[spec.shape] for d, sc in zip(dets, scores, strict=True)]
-                 for spec in required]
+    credit_of = [
+        [
+            (attribute_credit + (1 - attribute_credit) * sc[spec.shape])
+            if d.color == spec.color
+            else attribute_credit * sc[spec.shape]
+            for d, sc in zip(dets, scores, strict=True)
+        ]
+        for spec in required
+    ]
     best = 0.0
     slots = max(len(dets), n_req)  # indices >= len(dets): left unmatched
     for assign in itertools.permutations(range(slots), n_req):
@@ -332,8 +366,11 @@ def soft_partial(requirements: Requirements, detections: list[Detection], image_
         score = 2.0 * sum(credit) / (n_req + n_det)
         if requirements.relation is not None:
             a, b = assign
-            ok = a < len(dets) and b < len(dets) and relation_holds(requirements.relation, dets[a].center,
-                                                                    dets[b].center, image_size)
+            ok = (
+                a < len(dets)
+                and b < len(dets)
+                and relation_holds(requirements.relation, dets[a].center, dets[b].center, image_size)
+            )
             score = 0.5 * score + 0.5 * float(ok) * (credit[0] + credit[1]) / 2
         best = max(best, score)
     return min(best, 1.0)

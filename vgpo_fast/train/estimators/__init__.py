@@ -10,5 +10,11 @@ from vgpo_fast.train.estimators.base import (
     unregister_estimator,
 )
 
-__all__ = ["AdvantageResult", "Estimator", "estimator_names", "get_estimator", "register_estimator",
-           "unregister_estimator"]
+__all__ = [
+    "AdvantageResult",
+    "Estimator",
+    "estimator_names",
+    "get_estimator",
+    "register_estimator",
+    "unregister_estimator",
+]

@@ -20,11 +20,21 @@ def flow_grpo_advantages(rewards: torch.Tensor, alg) -> AdvantageResult:
     r = rewards[..., -1]
     adv = grpo_advantage(r, eps=alg.eps, adv_clip=alg.adv_clip, global_std=alg.global_std)
     std = r.std(dim=1, correction=0) if not alg.global_std else r.std(correction=0).expand(P)
-    return AdvantageResult(adv.unsqueeze(-1).expand(P, G, T).contiguous(),
-                           r.unsqueeze(-1).expand(P, G, T).contiguous(), torch.ones_like(rewards),
-                           std.unsqueeze(-1).expand(P, T).contiguous(), 0.0)
+    return AdvantageResult(
+        adv.unsqueeze(-1).expand(P, G, T).contiguous(),
+        r.unsqueeze(-1).expand(P, G, T).contiguous(),
+        torch.ones_like(rewards),
+        std.unsqueeze(-1).expand(P, T).contiguous(),
+        0.0,
+    )
 
 
-FLOW_GRPO = register_estimator(Estimator(
-    "flow_grpo", "Flow-GRPO: group-normalised terminal reward at every step", dense=False,
-    options=("eps", "adv_clip", "global_std"), compute=flow_grpo_advantages))
+FLOW_GRPO = register_estimator(
+    Estimator(
+        "flow_grpo",
+        "Flow-GRPO: group-normalised terminal reward at every step",
+        dense=False,
+        options=("eps", "adv_clip", "global_std"),
+        compute=flow_grpo_advantages,
+    )
+)
