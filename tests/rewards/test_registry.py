@@ -133,3 +133,11 @@ def test_rewards_and_rollout_import_no_task_module() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_train_reaches_tasks_only_through_the_task_registry() -> None:
+    """vgpo_fast/train/ (estimators included) names no task module but `vgpo_fast.tasks.registry`."""
+    files = sorted((REPO / "vgpo_fast/train").rglob("*.py"))
+    offenders = [f for p in files for f in _task_references(p) if not f.endswith(": vgpo_fast.tasks.registry")]
+    assert offenders == []
+    assert any(f.endswith(": vgpo_fast.tasks.registry") for p in files for f in _task_references(p))

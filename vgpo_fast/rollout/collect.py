@@ -14,7 +14,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -25,8 +25,25 @@ from vgpo_fast.rollout.sampler import Trajectory, sample_trajectories
 from vgpo_fast.rollout.seeds import Stream, iteration_seed
 
 if TYPE_CHECKING:
-    from vgpo_fast.train.config import Config
-    from vgpo_fast.train.policy import Policy
+    from torch import nn
+
+# The run's config (`vgpo_fast.train.config.Config`; its rollout.*, train.seed, train.train_last_step and
+# reward.offset / scale are read). Not imported: rollout/ sits below train/.
+Config = Any
+
+
+class Policy(Protocol):
+    """What collection needs of the policy (`vgpo_fast.train.policy.Policy` is one)."""
+
+    pipe: Any  # a FlowPipeline: `latent_shape`
+    forward_model: nn.Module
+
+    def velocity(self, net: nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond: Any, uncond: Any) -> torch.Tensor:
+        """The CFG velocity of `net` at x `[B, ...]`, sigma `[B]`."""
+
+    def conditioning(self, prompts: list[str]) -> tuple[Any, Any]:
+        """(cond, uncond) embeddings of `prompts`."""
+
 
 __all__ = ["PhaseTimer", "RolloutBatch", "RolloutProbe", "collect"]
 

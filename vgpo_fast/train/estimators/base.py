@@ -14,12 +14,14 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the registry itself imports no torch, so that listing estimators (CLI help) stays fast
     import torch
 
-    from vgpo_fast.train.config import AlgorithmConfig
+# The config's `algorithm` section (`vgpo_fast.train.config.AlgorithmConfig`; not imported: the config imports
+# this registry to check `algorithm.name`).
+AlgorithmConfig = Any
 
 __all__ = ["AdvantageResult", "Estimator", "estimator_names", "get_estimator", "register_estimator"]
 
