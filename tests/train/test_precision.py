@@ -56,6 +56,7 @@ def test_explicit_bf16_on_a_cpu_without_native_bf16_warns_and_is_honoured() -> N
 )
 def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path: Path, cpuinfo, machine, native) -> None:
     (tmp_path / "cpuinfo").write_text(cpuinfo)
+    monkeypatch.delenv("VGPO_FAST_CPU_BF16", raising=False)  # the override would answer instead of the flags
     real_path = precision.Path
     monkeypatch.setattr(
         precision, "Path", lambda p: real_path(tmp_path / "cpuinfo") if p == "/proc/cpuinfo" else real_path(p)

@@ -150,6 +150,7 @@ def test_advantages_and_loss_match_float64_reference(algorithm: str) -> None:
 
 
 @pytest.mark.parametrize("precision", ["no", "bf16"])
+@pytest.mark.filterwarnings("ignore:train.mixed_precision=bf16 on a CPU without native bf16")  # meant here
 def test_rollout_and_training_log_probs_agree_before_any_update(precision: str) -> None:
     trainer = make_trainer(f"train.mixed_precision={precision}", "train.grad_accum=8")
     perturb_lora(trainer)
