@@ -7,15 +7,11 @@ test-only rewards live in helpers_rewards.py; the server imports them as 'helper
 from __future__ import annotations
 
 import concurrent.futures as cf
-import http.client
 import json
-import os
 import re
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers_rewards import Brightness, Probe, constant_images
+from helpers_rewards import TOKEN, Brightness, Probe, Server, constant_images
 
 import vgpo_fast.tasks.registry  # noqa: F401 - registers the task rewards ("shapes", "compositional")
 from vgpo_fast.rewards.base import RewardError
@@ -34,74 +30,6 @@ from vgpo_fast.rewards.wire import encode_request
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-TOKEN = "test-token-123"
-START_TIMEOUT_S = 60.0
-
-
-class Server:
-    """A reward-server subprocess on 127.0.0.1 with an ephemeral port."""
-
-    def __init__(self, tmp: Path, reward: str, *args: str, token: str | None = None) -> None:
-        self.log_path = tmp / "server.log"
-        port_file = tmp / "port"
-        env = dict(
-            os.environ,
-            OMP_NUM_THREADS="1",
-            PYTHONPATH=os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")]),
-        )
-        env.pop(TOKEN_ENV, None)
-        if token:
-            env[TOKEN_ENV] = token
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "vgpo_fast.rewards.server",
-                    "--reward",
-                    reward,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                    "--port-file",
-                    str(port_file),
-                    *args,
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=tmp,
-            )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not port_file.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"reward server did not start: {self.log()}")
-            time.sleep(0.05)
-        self.port = int(port_file.read_text())
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-
-    def post(
-        self, body: bytes, headers: dict[str, str] | None = None, path: str = "/score", method: str = "POST"
-    ) -> tuple[int, dict]:
-        """(status, JSON reply) of one raw request on a fresh connection."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            headers = {"Authorization": f"Bearer {TOKEN}", **(headers or {})}
-            conn.request(method, path, body=body, headers=headers)
-            reply = conn.getresponse()
-            return reply.status, json.loads(reply.read())
-        finally:
-            conn.close()
 
 
 @pytest.fixture(scope="module")

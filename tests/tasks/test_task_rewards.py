@@ -4,16 +4,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from vgpo_fast.rewards.client import TOKEN_ENV, RewardClient
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "rewards"))
+from helpers_rewards import Server  # noqa: E402
+
+from vgpo_fast.rewards.client import RewardClient
 from vgpo_fast.rewards.registry import available_rewards, build_reward, resolve_spec
 from vgpo_fast.tasks.registry import TASK_REWARDS, get_task
 from vgpo_fast.tasks.shapes.render import render_prompts
@@ -80,41 +81,12 @@ SETUP_MAIN = (
     ids=["vgpo-fast reward-server", "server.main(setup=...)"],
 )
 def test_the_reward_server_entries_serve_a_task_reward_by_name(tmp_path: Path, entry: list[str]) -> None:
-    port_file = tmp_path / "port"
-    env = dict(
-        os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-    )
-    env.pop(TOKEN_ENV, None)
-    with open(tmp_path / "server.log", "wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                *entry,
-                "--reward",
-                "shapes?mode=partial",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--port-file",
-                str(port_file),
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-        )
+    server = Server(tmp_path, "shapes?mode=partial", entry=tuple(entry))
     try:
-        deadline = time.monotonic() + 60
-        while not port_file.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"reward server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.05)
         images = _images()
-        with RewardClient(f"http://127.0.0.1:{int(port_file.read_text())}") as client:
+        with RewardClient(server.url) as client:
             got = client.score(images, PROMPTS)
             assert client.name == "compositional_partial"
         assert torch.equal(got, CompositionalReward("partial").score(images, PROMPTS))
     finally:
-        proc.kill()
-        proc.wait(timeout=10)
+        server.kill()
