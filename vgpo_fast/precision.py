@@ -64,9 +64,7 @@ def cpu_has_native_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
-def resolve_precision(
-    requested: str, device: torch.device, *, native_bf16: bool | None = None, warn: bool = True
-) -> Precision:
+def resolve_precision(requested: str, device: torch.device, *, native_bf16: bool | None = None) -> Precision:
     """The precision for `requested` ('auto' | 'no' | 'bf16' | 'fp16') on `device`.
 
     auto: bf16 on CUDA; on a CPU bf16 where it has native bf16 (`native_bf16`, default `cpu_has_native_bf16()`),
@@ -86,7 +84,7 @@ def resolve_precision(
     if requested == "no":
         return Precision("no", None, requested, "as configured")
     dtype = torch.bfloat16 if requested == "bf16" else torch.float16
-    if cpu and requested == "bf16" and not native and warn:
+    if cpu and requested == "bf16" and not native:
         warnings.warn(
             "train.mixed_precision=bf16 on a CPU without native bf16: every matmul is emulated "
             "(~70x slower than float32); use train.mixed_precision=auto or no",

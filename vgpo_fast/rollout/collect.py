@@ -20,7 +20,8 @@ import torch
 
 from vgpo_fast import distributed
 from vgpo_fast.rewards.base import RewardError
-from vgpo_fast.rollout.engine import RewardPipeline, merge_timings
+from vgpo_fast.rollout.engine import RewardPipeline
+from vgpo_fast.rollout.reward_result import merge_timings
 from vgpo_fast.rollout.sampler import Trajectory, sample_trajectories
 from vgpo_fast.rollout.seeds import Stream, iteration_seed
 

@@ -60,12 +60,12 @@ from dataclasses import dataclass, field
 import torch
 
 from ..rewards.base import RewardError, RewardModel
-from .reward_result import RewardResult, merge_timings, overlap_fraction
+from .reward_result import RewardResult, overlap_fraction
 from .schedule import RewardStepsSpec, fill_sparse_rewards, reward_steps
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 
-__all__ = ["RewardPipeline", "RewardResult", "merge_timings", "overlap_fraction"]
+__all__ = ["RewardPipeline", "RewardResult"]
 
 
 @dataclass

@@ -28,13 +28,12 @@ class Timings:
     advantage: float
     train: float
     total: float
-    encode: float = 0.0
+    encode: float | None = None
     all_gather: float | None = None
     eval: float | None = None
 
     def to_json(self) -> dict[str, float]:
-        out = {k: v for k, v in asdict(self).items() if v is not None}
-        return out
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass

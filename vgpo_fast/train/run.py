@@ -234,8 +234,7 @@ def _finish(
     cfg: Config, trainer: Trainer, run_dir: Path, user: dict[str, Any], seconds: float, do_eval: bool, log
 ) -> dict[str, Any]:
     records = read_metrics(run_dir / "metrics.jsonl")
-    summary = _summary(cfg, records, user, seconds)
-    summary["precision"] = trainer.policy.precision.name
+    summary = _summary(cfg, records, user, seconds, trainer.policy.precision.name)
     if do_eval:
         prompts, seeds = trainer.eval_set()
         _grid(trainer.sample(prompts, seeds), trainer, run_dir / "samples_after.png")
@@ -263,12 +262,15 @@ def _finish(
     return summary
 
 
-def _summary(cfg: Config, records: list[dict[str, Any]], user: dict[str, Any], seconds: float) -> dict[str, Any]:
+def _summary(
+    cfg: Config, records: list[dict[str, Any]], user: dict[str, Any], seconds: float, precision: str
+) -> dict[str, Any]:
+    """`precision`: the autocast the run resolved ('bf16', 'fp16' or 'no')."""
     evals = [r for r in records if r.get("heldout_reward") is not None and r["iteration"] >= 0]
     records = [r for r in records if r["iteration"] >= 0]
     out: dict[str, Any] = {
         "algorithm": cfg.algorithm.name,
-        "precision": cfg.train.mixed_precision,
+        "precision": precision,
         "iterations": len(records),
         "wall_seconds_this_session": round(seconds, 1),
     }
