@@ -229,7 +229,7 @@ def validate(cfg: Config) -> Config:
 
 # Keys of earlier versions, still accepted: `migrate` rewrites them into today's spelling.
 LEGACY_KEYS = ("algorithm.tcrm", "algorithm.adae")
-_ABLATIONS = {(True, True): None, (False, True): "vgpo_no_tcrm", (True, False): "vgpo_no_adae"}
+_ABLATIONS = {(False, True): "vgpo_no_tcrm", (True, False): "vgpo_no_adae"}
 
 
 def migrate(data: dict[str, Any]) -> dict[str, Any]:

@@ -80,6 +80,7 @@ class Trainer:
             self.policy.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps
         )
         self._evaluator: Evaluator | None = None
+        self._train_pool: dict[str, tuple[str, ...]] | None = None  # read on first use (a prompt file: once)
 
     def make_reward_pipeline(self, steps: Any, overlap: bool) -> RewardPipeline:
         """A reward pipeline over this run's reward and decoder scoring `steps` (a `reward.steps` spec)."""
@@ -124,7 +125,9 @@ class Trainer:
     # --------------------------------------------------------------------------------------------- phases
     def sample_prompts(self, iteration: int) -> list[str]:
         """The P training prompts of `iteration`."""
-        return iteration_prompts(self.cfg, prompt_pool(self.cfg, self.task, "train"), iteration)
+        if self._train_pool is None:
+            self._train_pool = prompt_pool(self.cfg, self.task, "train")
+        return iteration_prompts(self.cfg, self._train_pool, iteration)
 
     def rollout(
         self, iteration: int, *, reward_pipeline: RewardPipeline | None = None, probe: RolloutProbe | None = None
